@@ -1,0 +1,30 @@
+use crate::error::Result;
+use crate::runtime;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let rt = runtime::runtime()?;
+    let eps = runtime::available_providers()?;
+    if a.json {
+        let v = serde_json::json!({
+            "library": rt.found.path,
+            "found_via": rt.found.source,
+            "execution_providers": eps,
+        });
+        println!("{v}");
+    } else {
+        println!(
+            "ONNX Runtime: {} (found via {})",
+            rt.found.path.display(),
+            rt.found.source
+        );
+        println!("execution providers: {}", eps.join(", "));
+    }
+    Ok(())
+}

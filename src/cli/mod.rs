@@ -1,0 +1,48 @@
+//! The command line: one file per subcommand; this file parses and dispatches.
+
+mod doctor;
+mod inspect;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::error::Result;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "regraft",
+    version,
+    about = "Graft regularization into ONNX training graphs, train them on ONNX Runtime, export calibrated models."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Inputs, outputs, opsets, op histogram, parameters and buffers of a model.
+    Inspect(inspect::Args),
+    /// Which ONNX Runtime library is found and which execution providers it offers.
+    Doctor(doctor::Args),
+}
+
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Inspect(a) => inspect::run(a),
+        Command::Doctor(a) => doctor::run(a),
+    }
+}
+
+/// Parse arguments, run, and turn errors into a one-line message and exit code 1.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,351 @@
+//! Loading and saving ONNX models.
+//!
+//! - The file is memory-mapped and decoded from a `Bytes` view of the map, so tensor
+//!   payloads (`raw_data`) are slices of the map, never copies.
+//! - Weights in external data files are memory-mapped the same way and attached to their
+//!   tensors, so a model over 2 GiB loads without holding its weights twice.
+//! - Saving writes every file atomically (temporary file in the same folder, then rename).
+//!   A model whose weights exceed what one protobuf message can hold is written with its
+//!   large tensors in an external data file beside it.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Component, Path, PathBuf};
+
+use bytes::Bytes;
+use prost::Message;
+
+use crate::error::{Context, Error, Result};
+use crate::proto::{
+    DataLocation, GraphProto, ModelProto, StringStringEntryProto, TensorProto, attribute_proto,
+};
+
+/// Operator domains regraft understands (besides model-local function domains).
+pub const KNOWN_DOMAINS: &[&str] = &[
+    "",
+    "ai.onnx",
+    "ai.onnx.ml",
+    "ai.onnx.training",
+    "ai.onnx.preview.training",
+    "com.microsoft",
+];
+
+/// IR version regraft writes: IR 10 covers opsets up to 22 and loads on ORT 1.31.
+pub const IR_VERSION: i64 = 10;
+
+/// Above this many bytes of tensor data, `External::Auto` moves weights out of the
+/// protobuf (which is limited to 2 GiB).
+const AUTO_EXTERNAL_BYTES: u64 = 1_800_000_000;
+/// Tensors smaller than this stay inline even when weights go to an external file.
+const EXTERNAL_MIN_BYTES: usize = 1024;
+const EXTERNAL_ALIGN: u64 = 4096;
+
+fn map_file(path: &Path) -> Result<Bytes> {
+    let f = std::fs::File::open(path).file_ctx(path)?;
+    let len = f.metadata().file_ctx(path)?.len();
+    if len == 0 {
+        return Ok(Bytes::new());
+    }
+    // SAFETY: the map is read-only; regraft never writes to files it has mapped (every
+    // write goes to a new file that is renamed into place).
+    let map = unsafe { memmap2::Mmap::map(&f) }.file_ctx(path)?;
+    Ok(Bytes::from_owner(map))
+}
+
+/// Decode a model from bytes; `label` names the source in errors.
+pub fn decode_model(bytes: Bytes, label: &Path) -> Result<ModelProto> {
+    if bytes.is_empty() {
+        return Err(Error::file(label, "the file is empty, not an ONNX model"));
+    }
+    let model = ModelProto::decode(bytes).map_err(|e| {
+        Error::file(
+            label,
+            format!("not a valid ONNX model (the protobuf does not decode: {e}); is the file truncated or of another format?"),
+        )
+    })?;
+    let Some(graph) = model.graph.as_ref() else {
+        return Err(Error::file(label, "not an ONNX model: it has no graph"));
+    };
+    if model.ir_version() <= 0 || (graph.node.is_empty() && graph.output.is_empty()) {
+        return Err(Error::file(
+            label,
+            "not an ONNX model: no IR version, nodes or outputs were found",
+        ));
+    }
+    check_domains(&model).map_err(|e| e.in_file(label))?;
+    Ok(model)
+}
+
+/// Load a model and attach its external data.
+pub fn load_model(path: impl AsRef<Path>) -> Result<ModelProto> {
+    let path = path.as_ref();
+    let bytes = map_file(path)?;
+    let mut model = decode_model(bytes, path)?;
+    let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let mut maps: HashMap<PathBuf, Bytes> = HashMap::new();
+    if let Some(g) = model.graph.as_mut() {
+        attach_external_graph(g, &dir, &mut maps).map_err(|e| e.in_file(path))?;
+    }
+    Ok(model)
+}
+
+fn attach_external_graph(
+    g: &mut GraphProto,
+    dir: &Path,
+    maps: &mut HashMap<PathBuf, Bytes>,
+) -> Result<()> {
+    for t in g.initializer.iter_mut() {
+        attach_external(t, dir, maps)?;
+    }
+    for n in g.node.iter_mut() {
+        for a in n.attribute.iter_mut() {
+            if let Some(t) = a.t.as_mut() {
+                attach_external(t, dir, maps)?;
+            }
+            if let Some(sub) = a.g.as_mut() {
+                attach_external_graph(sub, dir, maps)?;
+            }
+            for sub in a.graphs.iter_mut() {
+                attach_external_graph(sub, dir, maps)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn attach_external(
+    t: &mut TensorProto,
+    dir: &Path,
+    maps: &mut HashMap<PathBuf, Bytes>,
+) -> Result<()> {
+    if t.data_location() != DataLocation::External {
+        return Ok(());
+    }
+    let name = t.name().to_string();
+    let get = |k: &str| {
+        t.external_data
+            .iter()
+            .find(|e| e.key() == k)
+            .map(|e| e.value().to_string())
+    };
+    let location = get("location").ok_or_else(|| {
+        Error::msg(format!(
+            "initializer '{name}' is marked external but names no location"
+        ))
+    })?;
+    let rel = Path::new(&location);
+    if rel.is_absolute() || rel.components().any(|c| matches!(c, Component::ParentDir)) {
+        return Err(Error::msg(format!(
+            "initializer '{name}': external data location '{location}' must be a relative path inside the model's folder"
+        )));
+    }
+    let file = dir.join(rel);
+    let parse = |k: &str| -> Result<Option<u64>> {
+        get(k)
+            .map(|v| {
+                v.parse::<u64>().map_err(|_| {
+                    Error::msg(format!(
+                        "initializer '{name}': external data {k} '{v}' is not a number"
+                    ))
+                })
+            })
+            .transpose()
+    };
+    let offset = parse("offset")?.unwrap_or(0);
+    let expected = crate::proto::nbytes(t);
+    let length = parse("length")?.unwrap_or(expected);
+    if !maps.contains_key(&file) {
+        if !file.is_file() {
+            return Err(Error::msg(format!(
+                "initializer '{name}' refers to the external data file '{}', which does not exist",
+                file.display()
+            )));
+        }
+        maps.insert(file.clone(), map_file(&file)?);
+    }
+    let data = &maps[&file];
+    let end = offset.checked_add(length).unwrap_or(u64::MAX);
+    if end > data.len() as u64 {
+        return Err(Error::msg(format!(
+            "initializer '{name}': external data file '{}' holds {} bytes, the tensor needs bytes {offset}..{end} (is the file truncated?)",
+            file.display(),
+            data.len()
+        )));
+    }
+    if length != expected {
+        return Err(Error::msg(format!(
+            "initializer '{name}': external data length {length} does not match its shape ({expected} bytes)"
+        )));
+    }
+    t.raw_data = Some(data.slice(offset as usize..end as usize));
+    t.external_data.clear();
+    t.data_location = None;
+    Ok(())
+}
+
+/// Every node's domain must be one regraft knows, or a model-local function's.
+fn check_domains(model: &ModelProto) -> Result<()> {
+    let local: Vec<(&str, &str)> = model
+        .functions
+        .iter()
+        .map(|f| (f.domain(), f.name()))
+        .collect();
+    let check = |n: &crate::proto::NodeProto| -> Result<()> {
+        let d = n.domain();
+        if KNOWN_DOMAINS.contains(&d)
+            || local.iter().any(|&(fd, fnm)| fd == d && fnm == n.op_type())
+        {
+            return Ok(());
+        }
+        Err(Error::node(
+            crate::proto::NodeExt::describe(n),
+            format!(
+                "unknown operator domain '{d}' (known: ai.onnx, ai.onnx.ml, com.microsoft, and the model's own functions)"
+            ),
+        ))
+    };
+    fn walk(g: &GraphProto, check: &dyn Fn(&crate::proto::NodeProto) -> Result<()>) -> Result<()> {
+        for n in &g.node {
+            check(n)?;
+            for a in &n.attribute {
+                if a.r#type() == attribute_proto::AttributeType::Graph
+                    && let Some(sub) = &a.g
+                {
+                    walk(sub, check)?;
+                }
+                for sub in &a.graphs {
+                    walk(sub, check)?;
+                }
+            }
+        }
+        Ok(())
+    }
+    if let Some(g) = &model.graph {
+        walk(g, &check)?;
+    }
+    for f in &model.functions {
+        for n in &f.node {
+            check(n)?;
+        }
+    }
+    Ok(())
+}
+
+/// Where a saved model's tensor data goes.
+#[derive(Clone, Debug, Default)]
+pub enum External {
+    /// Inline, unless the weights are too large for one protobuf message.
+    #[default]
+    Auto,
+    /// Always inline (fails for models over 2 GiB).
+    Never,
+    /// Tensors of 1 KiB and more go to this file, relative to the model's folder.
+    To(String),
+}
+
+/// Write `bytes` to `path` atomically: a temporary file in the same folder, flushed, then
+/// renamed over the target. A failure leaves whatever was at `path` untouched.
+pub fn write_atomic(
+    path: &Path,
+    write: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>,
+) -> Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&dir).file_ctx(&dir)?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".regraft-")
+        .suffix(".tmp")
+        .tempfile_in(&dir)
+        .file_ctx(&dir)?;
+    write(tmp.as_file_mut()).file_ctx(path)?;
+    tmp.as_file_mut().flush().file_ctx(path)?;
+    tmp.as_file().sync_all().file_ctx(path)?;
+    tmp.persist(path)
+        .map_err(|e| Error::file(path, e.error.to_string()))?;
+    Ok(())
+}
+
+/// Save a model. The IR version is set to [`IR_VERSION`] unless the model already
+/// declares a lower, nonzero one, so that ORT 1.31 loads everything regraft writes.
+pub fn save_model(model: &ModelProto, path: impl AsRef<Path>, external: &External) -> Result<()> {
+    let path = path.as_ref();
+    let mut m = model.clone(); // tensor payloads are reference-counted, not copied
+    if m.ir_version() <= 0 || m.ir_version() > IR_VERSION {
+        m.ir_version = Some(IR_VERSION);
+    }
+    let total: u64 = m
+        .graph
+        .as_ref()
+        .map(|g| {
+            g.initializer
+                .iter()
+                .map(|t| t.raw_data.as_ref().map_or(0, |r| r.len() as u64))
+                .sum()
+        })
+        .unwrap_or(0);
+    let data_file = match external {
+        External::To(f) => Some(f.clone()),
+        External::Auto if total > AUTO_EXTERNAL_BYTES => Some(format!(
+            "{}.data",
+            path.file_name()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "model.onnx".into())
+        )),
+        _ => None,
+    };
+    if let Some(rel) = data_file {
+        let data_path = path.parent().unwrap_or(Path::new("")).join(&rel);
+        let graph = m.graph.as_mut().expect("a model has a graph");
+        let mut chunks: Vec<(u64, Bytes)> = Vec::new();
+        let mut offset = 0u64;
+        for t in graph.initializer.iter_mut() {
+            let Some(raw) = t
+                .raw_data
+                .as_ref()
+                .filter(|r| r.len() >= EXTERNAL_MIN_BYTES)
+            else {
+                continue;
+            };
+            offset = offset.div_ceil(EXTERNAL_ALIGN) * EXTERNAL_ALIGN;
+            let raw = raw.clone();
+            let len = raw.len() as u64;
+            t.external_data = vec![
+                kv("location", &rel),
+                kv("offset", &offset.to_string()),
+                kv("length", &len.to_string()),
+            ];
+            t.data_location = Some(DataLocation::External as i32);
+            t.raw_data = None;
+            chunks.push((offset, raw));
+            offset += len;
+        }
+        write_atomic(&data_path, |f| {
+            let mut pos = 0u64;
+            let zeros = [0u8; EXTERNAL_ALIGN as usize];
+            for (off, raw) in &chunks {
+                f.write_all(&zeros[..(off - pos) as usize])?;
+                f.write_all(raw)?;
+                pos = off + raw.len() as u64;
+            }
+            Ok(())
+        })?;
+    } else if total > 2_000_000_000 {
+        return Err(Error::file(
+            path,
+            format!(
+                "{total} bytes of weights do not fit in one protobuf message (2 GiB); save with external data"
+            ),
+        ));
+    }
+    let buf = m.encode_to_vec();
+    write_atomic(path, |f| f.write_all(&buf))
+}
+
+fn kv(k: &str, v: &str) -> StringStringEntryProto {
+    StringStringEntryProto {
+        key: Some(k.into()),
+        value: Some(v.into()),
+    }
+}

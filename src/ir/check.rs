@@ -1,0 +1,71 @@
+//! The validity check run after every pass in tests and debug builds.
+
+use std::collections::HashSet;
+
+use super::{Graph, node_uses};
+use crate::error::{Error, Result};
+use crate::proto::NodeExt;
+
+impl Graph {
+    /// Every input defined before use, value and node names unique, every node's domain
+    /// imported, graph outputs defined.
+    pub fn check(&self, pass: &str) -> Result<()> {
+        let bad = |msg: String| {
+            Err(Error::Invalid {
+                pass: pass.to_string(),
+                msg,
+            })
+        };
+        let mut defined: HashSet<&str> = HashSet::new();
+        for i in &self.inputs {
+            if !defined.insert(i.name()) && self.initializer(i.name()).is_none() {
+                return bad(format!("graph input '{}' is declared twice", i.name()));
+            }
+        }
+        for t in &self.initializers {
+            if !defined.insert(t.name()) && !self.inputs.iter().any(|i| i.name() == t.name()) {
+                return bad(format!("initializer '{}' is defined twice", t.name()));
+            }
+        }
+        let mut node_names: HashSet<&str> = HashSet::new();
+        for n in &self.nodes {
+            if !n.name().is_empty() && !node_names.insert(n.name()) {
+                return bad(format!("two nodes are named '{}'", n.name()));
+            }
+            let dom = n.domain();
+            let dom = if dom == "ai.onnx" { "" } else { dom };
+            if !self.opsets.contains_key(dom) {
+                return bad(format!(
+                    "{} uses domain '{dom}', which the model does not import",
+                    n.describe()
+                ));
+            }
+            for v in node_uses(n) {
+                if !defined.contains(v.as_str()) {
+                    return bad(format!(
+                        "{} reads '{v}', which is not defined before it",
+                        n.describe()
+                    ));
+                }
+            }
+            for o in n.output.iter().filter(|o| !o.is_empty()) {
+                if !defined.insert(o.as_str()) {
+                    return bad(format!(
+                        "{} writes '{o}', which is already defined",
+                        n.describe()
+                    ));
+                }
+            }
+        }
+        let mut outs: HashSet<&str> = HashSet::new();
+        for o in &self.outputs {
+            if !defined.contains(o.name()) {
+                return bad(format!("graph output '{}' is never computed", o.name()));
+            }
+            if !outs.insert(o.name()) {
+                return bad(format!("graph output '{}' is listed twice", o.name()));
+            }
+        }
+        Ok(())
+    }
+}
