@@ -14,6 +14,7 @@ pub mod io;
 pub mod ir;
 pub mod proto;
 pub mod runtime;
+pub mod train;
 
 pub use error::{Error, Result};
 

@@ -82,6 +82,7 @@ pub fn is_stop_input(node: &NodeProto, slot: usize) -> bool {
         | "NegativeLogLikelihoodLoss" => slot >= 1,
         "Slice" | "Pad" | "Resize" | "Dropout" => slot >= 1,
         "Clip" => slot >= 1,
+        "CastLike" => slot == 1,
         "Where" => slot == 0,
         "ScatterElements" | "ScatterND" => slot == 1,
         "BatchNormalization" => slot == 3 || slot == 4,
@@ -97,6 +98,7 @@ pub fn is_stop_output(node: &NodeProto, slot: usize) -> bool {
     }
     match op {
         "Cast" => !is_float(node.attr_i("to").unwrap_or(DataType::Float as i64) as i32),
+        "CastLike" => false,
         // Running statistics and saved mean/variance are state, not gradient paths.
         "BatchNormalization" => slot >= 1,
         // Dropout's mask, MaxPool's indices, TopK's indices.

@@ -1,6 +1,7 @@
 //! The command line: one file per subcommand; this file parses and dispatches.
 
 mod doctor;
+mod grad;
 mod inspect;
 
 use std::process::ExitCode;
@@ -26,12 +27,15 @@ pub enum Command {
     Inspect(inspect::Args),
     /// Which ONNX Runtime library is found and which execution providers it offers.
     Doctor(doctor::Args),
+    /// Add a loss head and the backward graph (standard ONNX ops only).
+    Grad(grad::Args),
 }
 
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Inspect(a) => inspect::run(a),
         Command::Doctor(a) => doctor::run(a),
+        Command::Grad(a) => grad::run(a),
     }
 }
 

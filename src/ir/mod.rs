@@ -11,6 +11,7 @@
 
 mod builder;
 mod check;
+pub mod infer;
 
 pub use builder::{Builder, Patch};
 

@@ -332,6 +332,11 @@ pub fn tensor<T: Element>(name: &str, dims: &[i64], data: &[T]) -> TensorProto {
     tensor_raw(name, T::DTYPE, dims, Bytes::from(raw))
 }
 
+/// The one-element 1-D tensor `ConstantOfShape` takes as its fill value.
+pub fn fill<T: Element>(v: T) -> TensorProto {
+    tensor("", &[1], &[v])
+}
+
 /// A rank-0 tensor.
 pub fn scalar<T: Element>(name: &str, v: T) -> TensorProto {
     tensor(name, &[], &[v])

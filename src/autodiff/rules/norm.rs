@@ -1,0 +1,131 @@
+//! BatchNormalization (training mode with batch statistics, and inference mode with the
+//! running statistics) and LayerNormalization.
+//! With x̂ = (x − μ)·σ⁻¹ over the normalized axes and γ the scale:
+//! dβ = Σ dY, dγ = Σ dY·x̂, dX = γ·σ⁻¹·(dY − mean(dY) − x̂·mean(dY·x̂)) (batch statistics);
+//! with fixed statistics (inference) dX = γ·σ⁻¹·dY. Statistics are recomputed from x in
+//! the backward graph; running-statistic outputs carry no gradient.
+
+use crate::autodiff::{GradCtx, Registry};
+use crate::error::Result;
+use crate::proto::attr_int;
+
+type Out = Result<Vec<Option<String>>>;
+
+pub fn register(r: &mut Registry) {
+    r.add("BatchNormalization", batch_norm);
+    r.add("LayerNormalization", layer_norm);
+}
+
+/// Mean over constant axes with keepdims, in the opset's form.
+pub(crate) fn mean_keep(c: &mut GradCtx, x: &str, axes: &[i64]) -> String {
+    if c.opset >= 18 {
+        let a = c.ints(axes);
+        c.op_a("ReduceMean", &[x, &a], vec![attr_int("keepdims", 1)])
+    } else {
+        c.op_a("ReduceMean", &[x], vec![crate::proto::attr_ints("axes", axes), attr_int("keepdims", 1)])
+    }
+}
+
+/// x̂ and σ⁻¹ recomputed from x over `axes`.
+fn normalize(c: &mut GradCtx, x: &str, axes: &[i64], eps: f64) -> (String, String) {
+    let mu = mean_keep(c, x, axes);
+    let xc = c.op("Sub", &[x, &mu]);
+    let sq = c.op("Mul", &[&xc, &xc]);
+    let var = mean_keep(c, &sq, axes);
+    let e = c.scalar(x, eps);
+    let ve = c.op("Add", &[&var, &e]);
+    let sd = c.op("Sqrt", &[&ve]);
+    let istd = c.op("Reciprocal", &[&sd]);
+    let xhat = c.op("Mul", &[&xc, &istd]);
+    (xhat, istd)
+}
+
+/// Reshape a per-channel vector [C] to [1, C, 1, ...] for an input of rank r.
+fn channel_col(c: &mut GradCtx, v: &str, r: usize) -> String {
+    let mut shape = vec![1i64; r];
+    shape[1] = -1;
+    let s = c.ints(&shape);
+    c.op("Reshape", &[v, &s])
+}
+
+fn batch_norm(c: &mut GradCtx) -> Out {
+    let (dy, x, gamma) = (c.dy0(), c.x(0), c.x(1));
+    let r = c.rank(&x)?;
+    let eps = c.attr_f("epsilon", 1e-5) as f64;
+    // Training mode: the opset-14+ attribute, or (opset < 14 exports) the presence of
+    // running-statistic outputs.
+    let training = c.attr_i("training_mode", 0) != 0 || (c.opset < 14 && c.node.output.len() > 1);
+    let axes: Vec<i64> = std::iter::once(0).chain(2..r as i64).collect();
+    let g = channel_col(c, &gamma, r);
+    let (xhat, istd) = if training {
+        normalize(c, &x, &axes, eps)
+    } else {
+        let (mean, var) = (c.x(3), c.x(4));
+        let m = channel_col(c, &mean, r);
+        let v = channel_col(c, &var, r);
+        let e = c.scalar(&x, eps);
+        let ve = c.op("Add", &[&v, &e]);
+        let sd = c.op("Sqrt", &[&ve]);
+        let istd = c.op("Reciprocal", &[&sd]);
+        let xc = c.op("Sub", &[&x, &m]);
+        (c.op("Mul", &[&xc, &istd]), istd)
+    };
+    let mut out = vec![None; c.node.input.len()];
+    if c.needs(1) {
+        let p = c.op("Mul", &[&dy, &xhat]);
+        out[1] = Some(c.reduce_sum(&p, &axes, false));
+    }
+    if c.needs(2) {
+        out[2] = Some(c.reduce_sum(&dy, &axes, false));
+    }
+    if c.needs(0) {
+        let gi = c.op("Mul", &[&g, &istd]);
+        let dx = if training {
+            let mdy = mean_keep(c, &dy, &axes);
+            let p = c.op("Mul", &[&dy, &xhat]);
+            let mp = mean_keep(c, &p, &axes);
+            let t = c.op("Mul", &[&xhat, &mp]);
+            let d1 = c.op("Sub", &[&dy, &mdy]);
+            let d2 = c.op("Sub", &[&d1, &t]);
+            c.op("Mul", &[&gi, &d2])
+        } else {
+            c.op("Mul", &[&dy, &gi])
+        };
+        out[0] = Some(dx);
+    }
+    Ok(out)
+}
+
+fn layer_norm(c: &mut GradCtx) -> Out {
+    let (dy, x, gamma) = (c.dy0(), c.x(0), c.x(1));
+    let r = c.rank(&x)? as i64;
+    let axis = c.attr_i("axis", -1);
+    let axis = if axis < 0 { axis + r } else { axis };
+    let eps = c.attr_f("epsilon", 1e-5) as f64;
+    let norm_axes: Vec<i64> = (axis..r).collect();
+    let lead: Vec<i64> = (0..axis).collect();
+    let (xhat, istd) = normalize(c, &x, &norm_axes, eps);
+    let mut out = vec![None; c.node.input.len()];
+    let sum_lead = |c: &mut GradCtx, v: &str| if lead.is_empty() { v.to_string() } else { c.reduce_sum(v, &lead, false) };
+    if c.needs(1) {
+        let p = c.op("Mul", &[&dy, &xhat]);
+        let s = sum_lead(c, &p);
+        out[1] = Some(c.reshape_like(&s, &gamma));
+    }
+    if c.needs(2) {
+        let b = c.x(2);
+        let s = sum_lead(c, &dy);
+        out[2] = Some(c.reshape_like(&s, &b));
+    }
+    if c.needs(0) {
+        let dxh = c.op("Mul", &[&dy, &gamma]);
+        let m1 = mean_keep(c, &dxh, &norm_axes);
+        let p = c.op("Mul", &[&dxh, &xhat]);
+        let m2 = mean_keep(c, &p, &norm_axes);
+        let t = c.op("Mul", &[&xhat, &m2]);
+        let d1 = c.op("Sub", &[&dxh, &m1]);
+        let d2 = c.op("Sub", &[&d1, &t]);
+        out[0] = Some(c.op("Mul", &[&istd, &d2]));
+    }
+    Ok(out)
+}

@@ -1,0 +1,4 @@
+//! Training-graph assembly: loss heads, optimizers, and the step/eval artifacts.
+
+pub mod loss;
+pub mod grad;
