@@ -19,7 +19,9 @@ def save_npz(path, arrays):
     """Write {name: array} to path; names get a '.npy' suffix inside the zip."""
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as zf:
         for name, value in arrays.items():
-            a = np.ascontiguousarray(np.asarray(value))
+            a = np.asarray(value)  # keeps 0-d scalars 0-d
+            if not a.flags.c_contiguous:
+                a = a.copy(order="C")
             if a.dtype == object:
                 raise TypeError(f"{name}: object arrays are not allowed")
             buf = io.BytesIO()
