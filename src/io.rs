@@ -42,7 +42,11 @@ const EXTERNAL_ALIGN: u64 = 4096;
 
 fn map_file(path: &Path) -> Result<Bytes> {
     let f = std::fs::File::open(path).file_ctx(path)?;
-    let len = f.metadata().file_ctx(path)?.len();
+    let meta = f.metadata().file_ctx(path)?;
+    if meta.is_dir() {
+        return Err(Error::file(path, "is a folder, not a file"));
+    }
+    let len = meta.len();
     if len == 0 {
         return Ok(Bytes::new());
     }
@@ -134,7 +138,7 @@ fn attach_external(
         ))
     })?;
     let rel = Path::new(&location);
-    if rel.is_absolute() || rel.components().any(|c| matches!(c, Component::ParentDir)) {
+    if !is_inside(rel) {
         return Err(Error::msg(format!(
             "initializer '{name}': external data location '{location}' must be a relative path inside the model's folder"
         )));
@@ -164,7 +168,7 @@ fn attach_external(
         maps.insert(file.clone(), map_file(&file)?);
     }
     let data = &maps[&file];
-    let end = offset.checked_add(length).unwrap_or(u64::MAX);
+    let end = offset.saturating_add(length);
     if end > data.len() as u64 {
         return Err(Error::msg(format!(
             "initializer '{name}': external data file '{}' holds {} bytes, the tensor needs bytes {offset}..{end} (is the file truncated?)",
@@ -181,6 +185,14 @@ fn attach_external(
     t.external_data.clear();
     t.data_location = None;
     Ok(())
+}
+
+/// Whether an external data location stays inside the model's folder, as ONNX requires.
+fn is_inside(rel: &Path) -> bool {
+    !rel.as_os_str().is_empty()
+        && rel
+            .components()
+            .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
 }
 
 /// Every node's domain must be one regraft knows, or a model-local function's.
@@ -296,8 +308,18 @@ pub fn save_model(model: &ModelProto, path: impl AsRef<Path>, external: &Externa
         _ => None,
     };
     if let Some(rel) = data_file {
+        if !is_inside(Path::new(&rel)) {
+            return Err(Error::file(
+                path,
+                format!(
+                    "external data file '{rel}' must be a relative path inside the model's folder"
+                ),
+            ));
+        }
         let data_path = path.parent().unwrap_or(Path::new("")).join(&rel);
-        let graph = m.graph.as_mut().expect("a model has a graph");
+        let Some(graph) = m.graph.as_mut() else {
+            return Err(Error::file(path, "the model has no graph to save"));
+        };
         let mut chunks: Vec<(u64, Bytes)> = Vec::new();
         let mut offset = 0u64;
         for t in graph.initializer.iter_mut() {

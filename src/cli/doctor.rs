@@ -17,14 +17,13 @@ pub fn run(a: Args) -> Result<()> {
             "found_via": rt.found.source,
             "execution_providers": eps,
         });
-        println!("{v}");
+        super::emit(&format!("{v}\n"))
     } else {
-        println!(
-            "ONNX Runtime: {} (found via {})",
+        super::emit(&format!(
+            "ONNX Runtime: {} (found via {})\nexecution providers: {}\n",
             rt.found.path.display(),
-            rt.found.source
-        );
-        println!("execution providers: {}", eps.join(", "));
+            rt.found.source,
+            eps.join(", ")
+        ))
     }
-    Ok(())
 }

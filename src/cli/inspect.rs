@@ -16,12 +16,9 @@ pub fn run(a: Args) -> Result<()> {
     let g = Graph::from_model(crate::io::load_model(&a.model)?);
     let r = crate::inspect::inspect(&g);
     if a.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&r).expect("report serializes")
-        );
+        let json = serde_json::to_string_pretty(&r).expect("report serializes");
+        super::emit(&format!("{json}\n"))
     } else {
-        print!("{r}");
+        super::emit(&r.to_string())
     }
-    Ok(())
 }

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -36,6 +36,19 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Inspect(a) => inspect::run(a),
         Command::Doctor(a) => doctor::run(a),
         Command::Grad(a) => grad::run(a),
+    }
+}
+
+/// Write a command's output to stdout. A reader that stops early (`regraft inspect m.onnx
+/// | head`) ends the output quietly; `println!` would panic on the closed pipe.
+pub(crate) fn emit(text: &str) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(Error::msg(format!("cannot write to stdout: {e}")))
+        }
+        _ => Ok(()),
     }
 }
 

@@ -161,6 +161,12 @@ impl Graph {
             add_inputs,
             add_outputs,
         } = p;
+        // Values whose producer the patch removes: a replacement takes over their name.
+        let removed_values: HashSet<String> = remove
+            .iter()
+            .filter_map(|&i| self.nodes.get(i))
+            .flat_map(|n| n.output.iter().filter(|o| !o.is_empty()).cloned())
+            .collect();
         if !remove.is_empty() {
             let mut i = 0;
             self.nodes.retain(|_| {
@@ -173,8 +179,8 @@ impl Graph {
             let producer = self
                 .nodes
                 .iter_mut()
-                .find(|n| n.output.iter().any(|o| *o == old));
-            if let Some(prod) = producer {
+                .find(|n| n.output.contains(&old));
+            let takes_name = if let Some(prod) = producer {
                 // The original value is renamed; the replacement takes the old name.
                 let pre = self.names.fresh(&format!("{old}_pre"));
                 for o in prod.output.iter_mut().filter(|o| **o == old) {
@@ -185,6 +191,21 @@ impl Graph {
                         *v = pre.clone();
                     }
                 }
+                true
+            } else {
+                removed_values.contains(&old)
+            };
+            if !takes_name {
+                // A graph input or initializer keeps its name; its consumers move over.
+                for n in self.nodes.iter_mut() {
+                    for v in n.input.iter_mut().filter(|v| **v == old) {
+                        *v = new.clone();
+                    }
+                }
+                for o in self.outputs.iter_mut().filter(|o| o.name() == old) {
+                    o.name = Some(new.clone());
+                }
+            } else if nodes.iter().any(|n| n.output.contains(&new)) {
                 for n in nodes.iter_mut() {
                     for v in n
                         .input
@@ -196,15 +217,19 @@ impl Graph {
                     }
                 }
             } else {
-                // A graph input or initializer keeps its name; its consumers move over.
-                for n in self.nodes.iter_mut() {
-                    for v in n.input.iter_mut().filter(|v| **v == old) {
-                        *v = new.clone();
-                    }
+                // The replacement exists already (a graph input, an initializer or another
+                // node's output) and keeps its own name: an Identity carries it to `old`.
+                let mut id = make_node(
+                    "Identity",
+                    &self.names.fresh(&format!("{old}_replaced")),
+                    &[&new],
+                    &[&old],
+                    vec![],
+                );
+                if !rule.is_empty() {
+                    id.doc_string = Some(format!("regraft:{rule}"));
                 }
-                for o in self.outputs.iter_mut().filter(|o| o.name() == old) {
-                    o.name = Some(new.clone());
-                }
+                nodes.push(id);
             }
         }
         self.nodes.extend(nodes);

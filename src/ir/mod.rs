@@ -273,7 +273,16 @@ impl Graph {
         self.nodes
             .retain(|_| *it.next().expect("one flag per node"));
         let removed = before - self.nodes.len();
-        self.initializers.retain(|t| live.contains(t.name()));
+        let dead: HashSet<String> = self
+            .initializers
+            .iter()
+            .filter(|t| !live.contains(t.name()))
+            .map(|t| t.name().to_string())
+            .collect();
+        self.initializers.retain(|t| !dead.contains(t.name()));
+        // An initializer that is also listed as a graph input (IR < 4) leaves with its
+        // input entry; otherwise it would become an input every caller has to feed.
+        self.inputs.retain(|i| !dead.contains(i.name()));
         self.value_info.retain(|v| live.contains(v.name()));
         removed
     }
