@@ -11,6 +11,7 @@ pub mod cli;
 pub mod error;
 pub mod inspect;
 pub mod io;
+pub mod metrics;
 pub mod ir;
 pub mod proto;
 pub mod runtime;

@@ -3,6 +3,9 @@
 mod doctor;
 mod grad;
 mod inspect;
+mod recipe_flags;
+mod rewrite;
+mod train;
 
 use std::process::ExitCode;
 
@@ -29,6 +32,10 @@ pub enum Command {
     Doctor(doctor::Args),
     /// Add a loss head and the backward graph (standard ONNX ops only).
     Grad(grad::Args),
+    /// Write train_step.onnx, eval.onnx and the initial state for a model.
+    Rewrite(rewrite::Args),
+    /// Train a model (or a rewrite folder) on ONNX Runtime, CPU or CUDA.
+    Train(train::Args),
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -36,6 +43,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Inspect(a) => inspect::run(a),
         Command::Doctor(a) => doctor::run(a),
         Command::Grad(a) => grad::run(a),
+        Command::Rewrite(a) => rewrite::run(a),
+        Command::Train(a) => train::run(a),
     }
 }
 

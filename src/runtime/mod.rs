@@ -5,6 +5,10 @@
 //! `onnxruntime-gpu==1.31.1`), searched from the current folder upwards and beside the
 //! executable. Nothing is downloaded.
 
+pub mod checkpoint;
+pub mod data;
+pub mod trainer;
+
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 

@@ -1,0 +1,119 @@
+//! Flags that say the same things as a recipe file; flags win over the file.
+
+use std::path::PathBuf;
+
+use crate::error::Result;
+use crate::train::loss::LossKind;
+use crate::train::optim::{OptimizerKind, Schedule};
+use crate::train::recipe::Recipe;
+
+#[derive(clap::Args, Debug, Default, Clone)]
+pub struct RecipeFlags {
+    /// Recipe file (TOML); the flags below override it.
+    #[arg(long)]
+    pub recipe: Option<PathBuf>,
+    /// Loss head on the logits.
+    #[arg(long, value_enum)]
+    pub loss: Option<LossKind>,
+    /// The logits value (default: the model's only floating-point output).
+    #[arg(long)]
+    pub logits: Option<String>,
+    /// Keep parameters matching this glob fixed (repeatable).
+    #[arg(long)]
+    pub freeze: Vec<String>,
+    #[arg(long, value_enum)]
+    pub optimizer: Option<OptimizerKind>,
+    /// Base learning rate.
+    #[arg(long)]
+    pub lr: Option<f32>,
+    #[arg(long)]
+    pub momentum: Option<f32>,
+    /// Turn Nesterov momentum on or off (SGD).
+    #[arg(long)]
+    pub nesterov: Option<bool>,
+    #[arg(long)]
+    pub weight_decay: Option<f32>,
+    /// Global gradient-norm clipping threshold.
+    #[arg(long)]
+    pub clip_norm: Option<f32>,
+    /// No weight decay on biases and normalization parameters.
+    #[arg(long)]
+    pub no_decay_1d: bool,
+    /// Learning-rate schedule: constant, cosine or step.
+    #[arg(long)]
+    pub schedule: Option<String>,
+    /// Warmup steps of the cosine schedule.
+    #[arg(long, default_value_t = 0)]
+    pub warmup_steps: usize,
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    #[arg(long)]
+    pub seed: Option<u64>,
+}
+
+impl RecipeFlags {
+    /// `base` (or the --recipe file, or the defaults) with the flags applied.
+    pub fn resolve(&self, base: Option<Recipe>) -> Result<Recipe> {
+        let mut r = match (&self.recipe, base) {
+            (Some(p), _) => Recipe::load(p)?,
+            (None, Some(b)) => b,
+            (None, None) => Recipe::default(),
+        };
+        if let Some(v) = self.loss {
+            r.loss = v;
+        }
+        if self.logits.is_some() {
+            r.logits = self.logits.clone();
+        }
+        if !self.freeze.is_empty() {
+            r.freeze = self.freeze.clone();
+        }
+        if let Some(v) = self.optimizer {
+            if v != r.optimizer.kind && v == OptimizerKind::Adamw && self.weight_decay.is_none() {
+                r.optimizer.weight_decay = 0.01;
+            }
+            r.optimizer.kind = v;
+        }
+        if let Some(v) = self.lr {
+            r.lr = v;
+        }
+        if let Some(v) = self.momentum {
+            r.optimizer.momentum = v;
+        }
+        if let Some(v) = self.nesterov {
+            r.optimizer.nesterov = v;
+        }
+        if let Some(v) = self.weight_decay {
+            r.optimizer.weight_decay = v;
+        }
+        if self.clip_norm.is_some() {
+            r.optimizer.clip_norm = self.clip_norm;
+        }
+        if self.no_decay_1d {
+            r.optimizer.no_decay_1d = true;
+        }
+        if let Some(s) = &self.schedule {
+            r.schedule = match s.as_str() {
+                "constant" => Schedule::Constant,
+                "cosine" => Schedule::Cosine { warmup_steps: self.warmup_steps },
+                "step" => Schedule::Step { step_size: 30, gamma: 0.1 },
+                other => {
+                    return Err(crate::Error::flag("--schedule", format!("unknown schedule '{other}' (constant, cosine, step)")));
+                }
+            };
+        }
+        if let Some(v) = self.epochs {
+            r.epochs = v;
+        }
+        if let Some(v) = self.batch_size {
+            r.batch_size = v;
+        }
+        if let Some(v) = self.seed {
+            r.seed = v;
+        }
+        r.validate()?;
+        Ok(r)
+    }
+}

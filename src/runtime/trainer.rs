@@ -1,0 +1,380 @@
+//! The training loop: runs `train_step.onnx` on ONNX Runtime with the training state
+//! kept on the device.
+//!
+//! The state (parameters, optimizer slots, buffers) lives in two sets of device tensors.
+//! Two IoBindings are prepared once: one reads set A and writes the `*_new` outputs into
+//! set B, the other the reverse, and every step swaps them (ping-pong). Only the batch,
+//! the learning rate and the step number travel per step; no tensor is ever bound as
+//! both input and output. The state comes back to the host only for checkpoints.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use ort::memory::{AllocationDevice, Allocator, AllocatorType, MemoryInfo, MemoryType};
+use ort::session::Session;
+use ort::session::{IoBinding, RunOptions};
+use ort::value::{DynTensor, Tensor};
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+
+use super::checkpoint::{self, Position, TensorMap};
+use super::data::{Dataset, Labels};
+use super::{Device, SessionOptions, session};
+use crate::error::{Error, Result};
+use crate::train::artifacts::{CORRECT, LABELS, LOSS, LR, PER_SAMPLE, STEP, StateEntry};
+
+/// Everything the loop needs about the artifacts.
+pub struct Spec {
+    pub train_bytes: Vec<u8>,
+    pub eval_bytes: Vec<u8>,
+    pub state: Vec<StateEntry>,
+    pub input: String,
+    pub logits: String,
+    pub classification: bool,
+}
+
+/// One epoch's metrics, as logged to `metrics.jsonl`.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct EpochLog {
+    pub epoch: usize,
+    pub step: usize,
+    pub lr: f32,
+    pub train_loss: f64,
+    pub train_accuracy: Option<f64>,
+    pub val_loss: Option<f64>,
+    pub val_accuracy: Option<f64>,
+    pub samples_per_second: f64,
+    pub seconds: f64,
+}
+
+fn cpu_mem() -> Result<MemoryInfo<'static>> {
+    Ok(MemoryInfo::new(AllocationDevice::CPU, 0, AllocatorType::Device, MemoryType::Default)?)
+}
+
+fn host_tensor(shape: &[usize], data: Vec<f32>) -> Result<DynTensor> {
+    Ok(Tensor::from_array((shape.to_vec(), data))?.upcast())
+}
+
+fn labels_tensor(y: &Labels, n: usize) -> Result<DynTensor> {
+    Ok(match y {
+        Labels::Classes(v) => Tensor::from_array((vec![n], v.clone()))?.upcast(),
+        Labels::Targets(v, s) => {
+            let mut shape = vec![n];
+            shape.extend(s);
+            Tensor::from_array((shape, v.clone()))?.upcast()
+        }
+    })
+}
+
+/// The running trainer: sessions, the two state sets and their bindings.
+pub struct Trainer {
+    spec: Spec,
+    train: Session,
+    eval: Session,
+    device: Device,
+    sets: [Vec<DynTensor>; 2],
+    bindings: [IoBinding; 2],
+    /// Which set holds the current state.
+    current: usize,
+    run_opts: RunOptions,
+}
+
+impl Trainer {
+    pub fn new(spec: Spec, opts: &SessionOptions) -> Result<Trainer> {
+        let train = session(&spec.train_bytes, opts)?;
+        let eval = session(&spec.eval_bytes, opts)?;
+        let alloc = match opts.device {
+            Device::Cpu => Allocator::default(),
+            Device::Cuda(id) => Allocator::new(
+                &train,
+                MemoryInfo::new(AllocationDevice::CUDA, id, AllocatorType::Device, MemoryType::Default)?,
+            )?,
+        };
+        let mut sets: [Vec<DynTensor>; 2] = [vec![], vec![]];
+        for set in sets.iter_mut() {
+            for e in &spec.state {
+                let shape: Vec<usize> = e.dims.iter().map(|&d| d as usize).collect();
+                set.push(Tensor::<f32>::new(&alloc, shape)?.upcast());
+            }
+        }
+        let mut bindings = [train.create_binding()?, train.create_binding()?];
+        for (k, b) in bindings.iter_mut().enumerate() {
+            let (src, dst) = if k == 0 { (0, 1) } else { (1, 0) };
+            for (i, e) in spec.state.iter().enumerate() {
+                b.bind_input(&e.name, &sets[src][i])?;
+                b.bind_output(&e.output, &mut sets[dst][i])?;
+            }
+            let cpu = cpu_mem()?;
+            b.bind_output_to_device(LOSS, &cpu)?;
+            if spec.classification {
+                b.bind_output_to_device(CORRECT, &cpu)?;
+            }
+        }
+        let mut run_opts = RunOptions::new()?;
+        if matches!(opts.device, Device::Cuda(_)) {
+            run_opts.disable_device_sync()?;
+        }
+        let mut t = Trainer { spec, train, eval, device: opts.device, sets, bindings, current: 0, run_opts };
+        let init: TensorMap = t
+            .spec
+            .state
+            .iter()
+            .map(|e| {
+                let v = crate::proto::tensor_values::<f32>(&e.init)?;
+                Ok((e.name.clone(), (e.dims.iter().map(|&d| d as usize).collect(), v)))
+            })
+            .collect::<Result<_>>()?;
+        t.upload(&init)?;
+        Ok(t)
+    }
+
+    /// Copy host tensors into the current state set.
+    pub fn upload(&mut self, tensors: &TensorMap) -> Result<()> {
+        for (i, e) in self.spec.state.iter().enumerate() {
+            let (shape, data) = tensors
+                .get(&e.name)
+                .ok_or_else(|| Error::msg(format!("the checkpoint has no tensor '{}'", e.name)))?;
+            let want: Vec<usize> = e.dims.iter().map(|&d| d as usize).collect();
+            if *shape != want {
+                return Err(Error::msg(format!("checkpoint tensor '{}' has shape {shape:?}, the model needs {want:?}", e.name)));
+            }
+            let host = host_tensor(shape, data.clone())?;
+            match self.device {
+                Device::Cpu => {
+                    let dst = &mut self.sets[self.current][i];
+                    let (_, d) = dst.try_extract_tensor_mut::<f32>()?;
+                    d.copy_from_slice(data);
+                }
+                Device::Cuda(_) => host.copy_into(&mut self.sets[self.current][i])?,
+            }
+        }
+        Ok(())
+    }
+
+    /// The current state, on the host.
+    pub fn download(&self) -> Result<TensorMap> {
+        let mut out = TensorMap::new();
+        for (i, e) in self.spec.state.iter().enumerate() {
+            let v = &self.sets[self.current][i];
+            let host;
+            let v = match self.device {
+                Device::Cpu => v,
+                Device::Cuda(_) => {
+                    host = v.to(AllocationDevice::CPU, 0)?;
+                    &host
+                }
+            };
+            let (shape, data) = v.try_extract_tensor::<f32>()?;
+            out.insert(e.name.clone(), (shape.iter().map(|&d| d as usize).collect(), data.to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// One optimizer step on a batch; returns (mean loss, correct count).
+    pub fn step(&mut self, x: Vec<f32>, xshape: &[usize], y: &Labels, lr: f32, t: usize) -> Result<(f32, f32)> {
+        let n = xshape[0];
+        let xt = host_tensor(xshape, x)?;
+        let yt = labels_tensor(y, n)?;
+        let lrt: DynTensor = Tensor::from_array((Vec::<usize>::new(), vec![lr]))?.upcast();
+        let st: DynTensor = Tensor::from_array((Vec::<usize>::new(), vec![t as f32]))?.upcast();
+        let b = &mut self.bindings[self.current];
+        b.bind_input(&self.spec.input, &xt)?;
+        b.bind_input(LABELS, &yt)?;
+        b.bind_input(LR, &lrt)?;
+        b.bind_input(STEP, &st)?;
+        let outs = self.train.run_binding_with_options(b, &self.run_opts)?;
+        let loss = outs[LOSS].try_extract_tensor::<f32>()?.1[0];
+        let correct = if self.spec.classification { outs[CORRECT].try_extract_tensor::<f32>()?.1[0] } else { 0.0 };
+        drop(outs);
+        self.current ^= 1;
+        Ok((loss, correct))
+    }
+
+    /// Logits and per-sample losses of the eval graph on a dataset, in batches.
+    pub fn predict(&mut self, ds: &Dataset, batch: usize) -> Result<(Vec<f32>, usize, Vec<f32>)> {
+        let n = ds.len();
+        let mut logits = Vec::new();
+        let mut losses = Vec::with_capacity(n);
+        let mut width = 0;
+        let idx: Vec<usize> = (0..n).collect();
+        let mut binding = self.eval.create_binding()?;
+        for (i, e) in self.spec.state.iter().enumerate() {
+            if self.eval.inputs().iter().any(|inp| inp.name() == e.name) {
+                binding.bind_input(&e.name, &self.sets[self.current][i])?;
+            }
+        }
+        let cpu = cpu_mem()?;
+        binding.bind_output_to_device(&self.spec.logits, &cpu)?;
+        binding.bind_output_to_device(PER_SAMPLE, &cpu)?;
+        for chunk in idx.chunks(batch.max(1)) {
+            let (x, shape, y) = ds.batch(chunk);
+            let xt = host_tensor(&shape, x)?;
+            let yt = labels_tensor(&y, chunk.len())?;
+            binding.bind_input(&self.spec.input, &xt)?;
+            binding.bind_input(LABELS, &yt)?;
+            let outs = self.eval.run_binding(&binding)?;
+            let (ls, lv) = outs[self.spec.logits.as_str()].try_extract_tensor::<f32>()?;
+            width = ls.iter().skip(1).map(|&d| d as usize).product();
+            logits.extend_from_slice(lv);
+            losses.extend_from_slice(outs[PER_SAMPLE].try_extract_tensor::<f32>()?.1);
+        }
+        Ok((logits, width, losses))
+    }
+}
+
+/// Settings of one training run.
+pub struct FitOptions {
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub seed: u64,
+    pub lr: f32,
+    pub schedule: crate::train::optim::Schedule,
+    pub run_dir: PathBuf,
+    pub resume: bool,
+    pub progress: bool,
+}
+
+/// The batches of one epoch: a permutation that depends only on (seed, epoch), so a
+/// resumed run sees exactly the batches an uninterrupted one would.
+pub fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..n).collect();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    idx.shuffle(&mut rng);
+    idx
+}
+
+pub const CHECKPOINT: &str = "checkpoint.safetensors";
+pub const METRICS: &str = "metrics.jsonl";
+
+fn append_log(path: &Path, line: &EpochLog) -> Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(|e| Error::file(path, e.to_string()))?;
+    writeln!(f, "{}", serde_json::to_string(line).expect("log serializes")).map_err(|e| Error::file(path, e.to_string()))
+}
+
+/// Train; returns the epoch logs of this invocation.
+pub fn fit(t: &mut Trainer, train: &Dataset, val: Option<&Dataset>, o: &FitOptions) -> Result<Vec<EpochLog>> {
+    let ckpt = o.run_dir.join(CHECKPOINT);
+    let mut pos = Position::default();
+    if o.resume {
+        if !ckpt.is_file() {
+            return Err(Error::flag("--resume", format!("no checkpoint at {}", ckpt.display())));
+        }
+        let c = checkpoint::load(&ckpt)?;
+        t.upload(&c.tensors)?;
+        pos = c.position.unwrap_or_default();
+        eprintln!("resuming at epoch {}, batch {} (step {})", pos.epoch + 1, pos.batch, pos.step);
+    }
+    let interrupted = Arc::new(AtomicBool::new(false));
+    {
+        let flag = interrupted.clone();
+        // A second handler cannot be installed (e.g. in tests); then Ctrl-C kills as usual.
+        let _ = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst));
+    }
+    let n = train.len();
+    let bs = o.batch_size;
+    let steps_per_epoch = n.div_ceil(bs);
+    let total = steps_per_epoch * o.epochs;
+    let mut logs = vec![];
+    let save = |t: &Trainer, p: &Position| -> Result<()> { checkpoint::save(&ckpt, &t.download()?, Some(p), &[]) };
+    while pos.epoch < o.epochs {
+        let order = epoch_order(n, o.seed, pos.epoch);
+        let batches: Vec<&[usize]> = order.chunks(bs).collect();
+        let bar = if o.progress {
+            let b = indicatif::ProgressBar::new(batches.len() as u64);
+            b.set_style(
+                indicatif::ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg}")
+                    .expect("template")
+                    .progress_chars("=> "),
+            );
+            b.set_prefix(format!("{}/{}", pos.epoch + 1, o.epochs));
+            b.set_position(pos.batch as u64);
+            b
+        } else {
+            indicatif::ProgressBar::hidden()
+        };
+        let start = Instant::now();
+        let mut seen_now = 0usize;
+        let mut lr = o.lr;
+        while pos.batch < batches.len() {
+            let chunk = batches[pos.batch];
+            lr = o.schedule.lr(o.lr, pos.step, total, steps_per_epoch);
+            let (x, shape, y) = train.batch(chunk);
+            let (loss, correct) = t.step(x, &shape, &y, lr, pos.step + 1)?;
+            if !loss.is_finite() {
+                bar.abandon();
+                let kept = if ckpt.is_file() { format!("the last good checkpoint is kept at {}", ckpt.display()) } else { "no checkpoint was written yet".into() };
+                return Err(Error::msg(format!(
+                    "the loss became {loss} at step {} (epoch {}, batch {}); training stopped and {kept}",
+                    pos.step + 1,
+                    pos.epoch + 1,
+                    pos.batch + 1
+                )));
+            }
+            pos.step += 1;
+            pos.batch += 1;
+            pos.epoch_loss_sum += loss as f64 * chunk.len() as f64;
+            pos.epoch_correct += correct as f64;
+            pos.epoch_seen += chunk.len();
+            seen_now += chunk.len();
+            bar.inc(1);
+            let secs = start.elapsed().as_secs_f64().max(1e-9);
+            let acc = if t.spec.classification { format!(" acc {:.3}", pos.epoch_correct / pos.epoch_seen as f64) } else { String::new() };
+            bar.set_message(format!("loss {:.4}{acc} {:.0} samples/s", pos.epoch_loss_sum / pos.epoch_seen as f64, seen_now as f64 / secs));
+            if interrupted.load(Ordering::SeqCst) {
+                bar.abandon();
+                save(t, &pos)?;
+                return Err(Error::msg(format!(
+                    "interrupted at step {}; checkpoint saved to {} (continue with --resume)",
+                    pos.step,
+                    ckpt.display()
+                )));
+            }
+        }
+        bar.finish_and_clear();
+        let secs = start.elapsed().as_secs_f64();
+        let (val_loss, val_accuracy) = match val {
+            Some(v) => {
+                let (logits, width, losses) = t.predict(v, 512)?;
+                let acc = match &v.y {
+                    Labels::Classes(y) if t.spec.classification => Some(crate::metrics::accuracy(&logits, width, y)),
+                    _ => None,
+                };
+                (Some(losses.iter().map(|&l| l as f64).sum::<f64>() / losses.len() as f64), acc)
+            }
+            None => (None, None),
+        };
+        let log = EpochLog {
+            epoch: pos.epoch + 1,
+            step: pos.step,
+            lr,
+            train_loss: pos.epoch_loss_sum / pos.epoch_seen.max(1) as f64,
+            train_accuracy: t.spec.classification.then(|| pos.epoch_correct / pos.epoch_seen.max(1) as f64),
+            val_loss,
+            val_accuracy,
+            samples_per_second: seen_now as f64 / secs.max(1e-9),
+            seconds: secs,
+        };
+        if o.progress {
+            eprintln!(
+                "epoch {}/{}: train loss {:.4}{}{}",
+                log.epoch,
+                o.epochs,
+                log.train_loss,
+                log.train_accuracy.map(|a| format!(" acc {a:.4}")).unwrap_or_default(),
+                match (log.val_loss, log.val_accuracy) {
+                    (Some(l), Some(a)) => format!(", val loss {l:.4} acc {a:.4}"),
+                    (Some(l), None) => format!(", val loss {l:.4}"),
+                    _ => String::new(),
+                }
+            );
+        }
+        pos = Position { epoch: pos.epoch + 1, batch: 0, step: pos.step, ..Default::default() };
+        save(t, &pos)?;
+        append_log(&o.run_dir.join(METRICS), &log)?;
+        logs.push(log);
+    }
+    Ok(logs)
+}

@@ -1,0 +1,226 @@
+//! The artifacts `regraft rewrite` writes: `train_step.onnx` (forward, loss, backward and
+//! optimizer update in one graph; parameters, optimizer state and buffers are inputs and
+//! their updated values outputs) and `eval.onnx` (forward in inference mode plus
+//! per-sample losses), with the state they share.
+
+use std::collections::HashSet;
+
+use crate::autodiff::{differentiate, reach::trainable_initializers};
+use crate::error::{Error, Result};
+use crate::ir::infer::infer;
+use crate::ir::{Builder, Graph};
+use crate::proto::{DataType, Dim, ModelProto, NodeExt, TensorProto, attr_int, value_info};
+use crate::train::grad::glob_match;
+use crate::train::loss::{LossKind, add_loss, find_logits};
+use crate::train::recipe::Recipe;
+
+/// What a state tensor is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StateKind {
+    Param,
+    Slot,
+    Buffer,
+}
+
+/// One tensor of the training state: input name `name`, updated value `output`.
+#[derive(Clone, Debug)]
+pub struct StateEntry {
+    pub name: String,
+    pub output: String,
+    pub kind: StateKind,
+    pub dims: Vec<i64>,
+    pub init: TensorProto,
+}
+
+pub struct Artifacts {
+    pub train: Graph,
+    pub eval: Graph,
+    pub state: Vec<StateEntry>,
+    /// The data input of the model and its declared dims.
+    pub input: String,
+    pub input_dims: Vec<Dim>,
+    pub logits: String,
+    /// Number of classes (cross-entropy) or output width, when known statically.
+    pub classes: Option<i64>,
+}
+
+/// Names of the scalar inputs and outputs of `train_step.onnx`.
+pub const LR: &str = "lr";
+pub const STEP: &str = "step";
+pub const LOSS: &str = "loss";
+pub const CORRECT: &str = "correct";
+pub const LABELS: &str = "labels";
+pub const PER_SAMPLE: &str = "per_sample_loss";
+
+/// BatchNormalization nodes in training mode: (running mean, running var) initializer
+/// names with the outputs that carry their updates.
+fn bn_buffers(g: &Graph) -> Vec<(String, String)> {
+    let mut out = vec![];
+    for n in &g.nodes {
+        if n.op_type() != "BatchNormalization" || n.output.len() < 3 {
+            continue;
+        }
+        let training = n.attr_i("training_mode").unwrap_or(0) != 0 || g.opset() < 14;
+        if !training {
+            continue;
+        }
+        for k in [3usize, 4] {
+            let (i, o) = (&n.input[k], &n.output[k - 2]);
+            if !o.is_empty() && g.initializer(i).is_some() {
+                out.push((i.clone(), o.clone()));
+            }
+        }
+    }
+    out
+}
+
+/// Turn initializers into graph inputs (same names); returns their tensors.
+fn lift(g: &mut Graph, names: &[String]) -> Vec<TensorProto> {
+    let set: HashSet<&str> = names.iter().map(String::as_str).collect();
+    let mut lifted = vec![];
+    let mut keep = vec![];
+    for t in std::mem::take(&mut g.initializers) {
+        if set.contains(t.name()) {
+            lifted.push(t);
+        } else {
+            keep.push(t);
+        }
+    }
+    g.initializers = keep;
+    g.inputs.retain(|i| !set.contains(i.name()));
+    for t in &lifted {
+        let dims: Vec<Dim> = t.dims.iter().map(|&d| Dim::Fixed(d)).collect();
+        g.inputs.push(value_info(t.name(), t.data_type(), &dims));
+    }
+    // Keep the order of `names`.
+    names.iter().map(|n| lifted.iter().find(|t| t.name() == n).expect("lifted").clone()).collect()
+}
+
+/// Put BatchNormalization and Dropout in inference mode.
+pub fn to_inference(g: &mut Graph) {
+    for n in g.nodes.iter_mut() {
+        match n.op_type() {
+            "BatchNormalization" => {
+                n.attribute.retain(|a| a.name() != "training_mode");
+                n.output.truncate(1);
+            }
+            "Dropout" => {
+                n.input.truncate(2);
+                n.output.truncate(1);
+            }
+            _ => {}
+        }
+    }
+}
+
+fn data_input(g: &Graph) -> Result<(String, Vec<Dim>)> {
+    let ins: Vec<_> = g.real_inputs().collect();
+    match ins.as_slice() {
+        [one] => Ok((one.name().to_string(), crate::proto::tensor_type(one).and_then(|t| t.1).unwrap_or_default())),
+        _ => Err(Error::msg(format!(
+            "regraft trains models with exactly one data input; this one has {}",
+            ins.iter().map(|i| i.name()).collect::<Vec<_>>().join(", ")
+        ))),
+    }
+}
+
+/// Build both graphs and the state they share.
+pub fn build(model: &ModelProto, recipe: &Recipe) -> Result<Artifacts> {
+    recipe.validate()?;
+    let opt = &recipe.optimizer;
+    // ---- train_step.onnx
+    let mut g = Graph::from_model(model.clone());
+    let (input, input_dims) = data_input(&g)?;
+    let logits = find_logits(&g, recipe.logits.as_deref())?;
+    let head = add_loss(&mut g, recipe.loss, &logits)?;
+    if head.labels != LABELS || head.loss != LOSS {
+        return Err(Error::msg("the model already uses the names 'labels' or 'loss'; rename them before training"));
+    }
+    for f in &recipe.freeze {
+        if !g.initializers.iter().any(|t| glob_match(f, t.name())) {
+            return Err(Error::flag("--freeze", format!("the pattern '{f}' matches no initializer")));
+        }
+    }
+    let params: Vec<String> = trainable_initializers(&g, &[LOSS])
+        .into_iter()
+        .filter(|p| !recipe.freeze.iter().any(|f| glob_match(f, p)))
+        .collect();
+    if params.is_empty() {
+        return Err(Error::msg("the model has no trainable parameter on a path to the loss"));
+    }
+    let buffers = bn_buffers(&g);
+    let grads = differentiate(&mut g, LOSS, &params)?;
+    let types = infer(&g);
+    let classes = types.shape(&logits).and_then(|s| s.get(1).copied().flatten());
+    let ptensors = lift(&mut g, &params);
+    let bnames: Vec<String> = buffers.iter().map(|(b, _)| b.clone()).collect();
+    let btensors = lift(&mut g, &bnames);
+    let mut state = vec![];
+    let mut b = Builder::new(&g, "optimizer");
+    b.prefix = "optim/".into();
+    b.patch.add_inputs.push(value_info(LR, DataType::Float as i32, &[]));
+    b.patch.add_inputs.push(value_info(STEP, DataType::Float as i32, &[]));
+    let grads = opt.clip(&mut b, &grads);
+    let mut outputs = vec![value_info(LOSS, DataType::Float as i32, &[])];
+    if recipe.loss == LossKind::CrossEntropy {
+        let am = b.op_a("ArgMax", &[&logits], vec![attr_int("axis", 1), attr_int("keepdims", 0)]);
+        let eq = b.op("Equal", &[&am, LABELS]);
+        let f = b.op_a("Cast", &[&eq], vec![attr_int("to", DataType::Float as i64)]);
+        let s = b.op_a("ReduceSum", &[&f], vec![attr_int("keepdims", 0)]);
+        b.node_to("Identity", &[&s], &[CORRECT], vec![]);
+        outputs.push(value_info(CORRECT, DataType::Float as i32, &[]));
+    }
+    for ((p, gname), t) in params.iter().zip(&grads).zip(&ptensors) {
+        if t.data_type() != DataType::Float as i32 {
+            return Err(Error::msg(format!("parameter '{p}' is {}; regraft trains float32 parameters", crate::proto::dtype_name(t.data_type()))));
+        }
+        let dims: Vec<Dim> = t.dims.iter().map(|&d| Dim::Fixed(d)).collect();
+        let slots = opt.slots(p);
+        let p_out = b.fresh_exact(&format!("{p}_new"));
+        let slot_outs: Vec<String> = slots.iter().map(|s| b.fresh_exact(&format!("{s}_new"))).collect();
+        for s in &slots {
+            b.patch.add_inputs.push(value_info(s, DataType::Float as i32, &dims));
+        }
+        opt.update(&mut b, p, gname, t.dims.len(), LR, STEP, &slots, &p_out, &slot_outs);
+        outputs.push(value_info(&p_out, DataType::Float as i32, &dims));
+        state.push(StateEntry { name: p.clone(), output: p_out, kind: StateKind::Param, dims: t.dims.clone(), init: t.clone() });
+        for (s, so) in slots.iter().zip(slot_outs) {
+            outputs.push(value_info(&so, DataType::Float as i32, &dims));
+            let zeros = crate::proto::tensor::<f32>(s, &t.dims, &vec![0.0; crate::proto::numel(t) as usize]);
+            state.push(StateEntry { name: s.clone(), output: so, kind: StateKind::Slot, dims: t.dims.clone(), init: zeros });
+        }
+    }
+    for ((bn, out), t) in buffers.iter().zip(&btensors) {
+        let o = b.fresh_exact(&format!("{bn}_new"));
+        b.node_to("Identity", &[out], &[&o], vec![]);
+        let dims: Vec<Dim> = t.dims.iter().map(|&d| Dim::Fixed(d)).collect();
+        outputs.push(value_info(&o, t.data_type(), &dims));
+        state.push(StateEntry { name: bn.clone(), output: o, kind: StateKind::Buffer, dims: t.dims.clone(), init: t.clone() });
+    }
+    let patch = b.finish();
+    g.apply(patch)?;
+    g.outputs = outputs;
+    g.remove_dead();
+    g.check("train_step")?;
+
+    // ---- eval.onnx: same state inputs, inference mode.
+    let mut e = Graph::from_model(model.clone());
+    to_inference(&mut e);
+    let eh = add_loss(&mut e, recipe.loss, &logits)?;
+    let names: Vec<String> = state.iter().filter(|s| s.kind != StateKind::Slot).map(|s| s.name.clone()).collect();
+    lift(&mut e, &names);
+    let mut b = Builder::new(&e, "eval");
+    b.node_to("Identity", &[&eh.per_sample], &[PER_SAMPLE], vec![]);
+    let patch = b.finish();
+    e.apply(patch)?;
+    let ldt = types.dtype(&logits).unwrap_or(DataType::Float as i32);
+    let lshape: Vec<Dim> = types
+        .shape(&logits)
+        .map(|s| s.iter().enumerate().map(|(i, d)| d.filter(|_| i > 0).map(Dim::Fixed).unwrap_or(Dim::Param("N".into()))).collect())
+        .unwrap_or_default();
+    e.outputs = vec![value_info(&logits, ldt, &lshape), value_info(PER_SAMPLE, DataType::Float as i32, &[Dim::Param("N".into())])];
+    e.remove_dead();
+    e.check("eval")?;
+    Ok(Artifacts { train: g, eval: e, state, input, input_dims, logits, classes })
+}
