@@ -86,11 +86,15 @@ fn float_const(t: &TensorProto) -> Option<Vec<f64>> {
     }
 }
 
+/// Small int64 constants, and bool ones as 0/1 (flags such as Dropout's training_mode).
 fn int_const(t: &TensorProto) -> Option<Vec<i64>> {
-    if t.data_type() == DataType::Int64 as i32 && t.dims.len() <= 1 && crate::proto::numel(t) <= 64 {
-        tensor_values::<i64>(t).ok()
-    } else {
-        None
+    if t.dims.len() > 1 || crate::proto::numel(t) > 64 {
+        return None;
+    }
+    match DataType::try_from(t.data_type()).ok()? {
+        DataType::Int64 => tensor_values::<i64>(t).ok(),
+        DataType::Bool => tensor_values::<bool>(t).ok().map(|v| v.into_iter().map(i64::from).collect()),
+        _ => None,
     }
 }
 

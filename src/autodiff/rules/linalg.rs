@@ -39,12 +39,16 @@ fn matmul(c: &mut GradCtx) -> Out {
     } else {
         (b2, rb)
     };
-    if ra == 1 {
-        let ax = c.ints(&[-2]);
-        dy = c.op("Unsqueeze", &[&dy, &ax]);
-    }
-    if rb == 1 {
-        let ax = c.ints(&[-1]);
+    // dY regains the dims the promotion removed: [.., 1, N] / [.., M, 1]; a vector·vector
+    // product's scalar dY becomes [1, 1] (one Unsqueeze: axis −2 is out of range on a scalar).
+    let restore: &[i64] = match (ra == 1, rb == 1) {
+        (true, true) => &[0, 1],
+        (true, false) => &[-2],
+        (false, true) => &[-1],
+        (false, false) => &[],
+    };
+    if !restore.is_empty() {
+        let ax = c.ints(restore);
         dy = c.op("Unsqueeze", &[&dy, &ax]);
     }
     let ry = ra2.max(rb2);

@@ -25,12 +25,17 @@ fn onehot_and_weights(c: &mut GradCtx) -> Result<(String, String)> {
     let shape = c.shape_of(&z);
     let one_idx = c.ints(&[1]);
     let depth = c.op_a("Gather", &[&shape, &one_idx], vec![attr_int("axis", 0)]);
-    let vals = if dt == DataType::Double as i32 {
-        c.b.constant::<f64>(&[2], &[0.0, 1.0])
+    // ONNX Runtime's CPU OneHot has kernels for int64 indices with float32 values only
+    // (none for float64 values or int32 indices with an int64 depth): build it in float32
+    // from int64 labels, then cast to the scores' type.
+    let y64 = if c.dtype(&y) != DataType::Int64 as i32 {
+        c.op_a("Cast", &[&y], vec![attr_int("to", DataType::Int64 as i64)])
     } else {
-        c.b.constant::<f32>(&[2], &[0.0, 1.0])
+        y.clone()
     };
-    let oh = c.op_a("OneHot", &[&y, &depth, &vals], vec![attr_int("axis", -1)]);
+    let vals = c.b.constant::<f32>(&[2], &[0.0, 1.0]);
+    let oh = c.op_a("OneHot", &[&y64, &depth, &vals], vec![attr_int("axis", -1)]);
+    let oh = if dt != DataType::Float as i32 { c.op_a("Cast", &[&oh], vec![attr_int("to", dt as i64)]) } else { oh };
     let mut w: Option<String> = None;
     if c.has_x(2) {
         let wt = c.x(2);
@@ -39,11 +44,6 @@ fn onehot_and_weights(c: &mut GradCtx) -> Result<(String, String)> {
     }
     if let Some(ii) = crate::proto::NodeExt::attr_i(c.node, "ignore_index") {
         let iv = c.b.constant::<i64>(&[], &[ii]);
-        let y64 = if c.dtype(&y) != DataType::Int64 as i32 {
-            c.op_a("Cast", &[&y], vec![attr_int("to", DataType::Int64 as i64)])
-        } else {
-            y.clone()
-        };
         let eq = c.op("Equal", &[&y64, &iv]);
         let ne = c.op("Not", &[&eq]);
         let m = c.op_a("Cast", &[&ne], vec![attr_int("to", dt as i64)]);

@@ -4,7 +4,7 @@
 
 use crate::autodiff::{GradCtx, Registry};
 use crate::error::Result;
-use crate::proto::{attr_int, attr_string};
+use crate::proto::{DataType, attr_int, attr_string, attr_tensor, fill};
 
 type Out = Result<Vec<Option<String>>>;
 
@@ -199,8 +199,12 @@ fn gather(c: &mut GradCtx) -> Out {
     let m1 = c.ints(&[-1]);
     let ushape = c.op_a("Concat", &[&m1, &rest], vec![attr_int("axis", 0)]);
     let upd = c.op("Reshape", &[&dyt, &ushape]);
-    let permuted_data = c.transpose(&data, &perm);
-    let zeros = c.zeros_like(&permuted_data);
+    // Zeros shaped like the permuted data, in the data's type (a fresh Transpose output
+    // has no inferred type, and zeros_like would default to float32).
+    let perm_c = c.ints(&perm);
+    let pshape = c.op_a("Gather", &[&dshape, &perm_c], vec![attr_int("axis", 0)]);
+    let zero = if c.dtype(&data) == DataType::Double as i32 { fill::<f64>(0.0) } else { fill::<f32>(0.0) };
+    let zeros = c.op_a("ConstantOfShape", &[&pshape], vec![attr_tensor("value", zero)]);
     let acc = c.op_a("ScatterND", &[&zeros, &idx2, &upd], vec![attr_string("reduction", "add")]);
     let mut inv = vec![0i64; perm.len()];
     for (i, &p) in perm.iter().enumerate() {
