@@ -11,9 +11,10 @@ pub mod cli;
 pub mod error;
 pub mod inspect;
 pub mod io;
-pub mod metrics;
 pub mod ir;
+pub mod metrics;
 pub mod proto;
+pub mod regularizers;
 pub mod runtime;
 pub mod train;
 

@@ -63,10 +63,17 @@ pub fn from_probs(p: &[f64], c: usize, y: &[i64], bins: usize) -> Metrics {
         nll.push(-(py.max(1e-300)).ln());
         // Rank of the true class: how many classes have strictly higher probability.
         let higher = row.iter().filter(|&&v| v > py).count();
-        let pred = row.iter().enumerate().fold(0, |b, (i, &v)| if v > row[b] { i } else { b });
+        let pred = row
+            .iter()
+            .enumerate()
+            .fold(0, |b, (i, &v)| if v > row[b] { i } else { b });
         top1 += (pred == label) as usize;
         top5 += (higher < 5) as usize;
-        brier += row.iter().enumerate().map(|(k, &v)| (v - if k == label { 1.0 } else { 0.0 }).powi(2)).sum::<f64>();
+        brier += row
+            .iter()
+            .enumerate()
+            .map(|(k, &v)| (v - if k == label { 1.0 } else { 0.0 }).powi(2))
+            .sum::<f64>();
         let conf = row[pred];
         // Bins (i/B, (i+1)/B]; a confidence of exactly 0 goes to the first bin.
         let b = ((conf * bins as f64).ceil() as usize).clamp(1, bins) - 1;
@@ -77,7 +84,10 @@ pub fn from_probs(p: &[f64], c: usize, y: &[i64], bins: usize) -> Metrics {
     let nf = n.max(1) as f64;
     let mean_nll = nll.iter().sum::<f64>() / nf;
     let var = nll.iter().map(|v| (v - mean_nll).powi(2)).sum::<f64>() / nf;
-    let ece = (0..bins).map(|b| (bin_acc[b] - bin_conf[b]).abs()).sum::<f64>() / nf;
+    let ece = (0..bins)
+        .map(|b| (bin_acc[b] - bin_conf[b]).abs())
+        .sum::<f64>()
+        / nf;
     Metrics {
         n,
         top1: top1 as f64 / nf,

@@ -12,20 +12,31 @@ use regraft::train::artifacts::build;
 use regraft::train::optim::OptimizerKind;
 use regraft::train::recipe::Recipe;
 
-fn read_f32(ar: &mut npyz::npz::NpzArchive<std::io::BufReader<std::fs::File>>, k: &str) -> (Vec<usize>, Vec<f32>) {
-    let f = ar.by_name(k).unwrap().unwrap_or_else(|| panic!("fixture lacks {k}"));
+fn read_f32(
+    ar: &mut npyz::npz::NpzArchive<std::io::BufReader<std::fs::File>>,
+    k: &str,
+) -> (Vec<usize>, Vec<f32>) {
+    let f = ar
+        .by_name(k)
+        .unwrap()
+        .unwrap_or_else(|| panic!("fixture lacks {k}"));
     let shape = f.shape().iter().map(|&d| d as usize).collect();
     (shape, f.into_vec::<f32>().unwrap())
 }
 fn read_f64(ar: &mut npyz::npz::NpzArchive<std::io::BufReader<std::fs::File>>, k: &str) -> f64 {
     ar.by_name(k).unwrap().unwrap().into_vec::<f64>().unwrap()[0]
 }
-fn read_i64(ar: &mut npyz::npz::NpzArchive<std::io::BufReader<std::fs::File>>, k: &str) -> Vec<i64> {
+fn read_i64(
+    ar: &mut npyz::npz::NpzArchive<std::io::BufReader<std::fs::File>>,
+    k: &str,
+) -> Vec<i64> {
     ar.by_name(k).unwrap().unwrap().into_vec::<i64>().unwrap()
 }
 
 fn check(fixture: &str, kind: OptimizerKind) {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/step").join(fixture);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/step")
+        .join(fixture);
     let mut ar = npyz::npz::NpzArchive::open(&path).unwrap();
     let mut recipe = Recipe::default();
     recipe.optimizer.kind = kind;
@@ -36,7 +47,11 @@ fn check(fixture: &str, kind: OptimizerKind) {
             recipe.optimizer.momentum = read_f64(&mut ar, "momentum") as f32;
             recipe.optimizer.nesterov = read_f64(&mut ar, "nesterov") != 0.0;
             recipe.optimizer.weight_decay = read_f64(&mut ar, "weight_decay") as f32;
-            assert_eq!(read_f64(&mut ar, "weight_decay_coupled"), 1.0, "torch SGD's decay is coupled");
+            assert_eq!(
+                read_f64(&mut ar, "weight_decay_coupled"),
+                1.0,
+                "torch SGD's decay is coupled"
+            );
             recipe.optimizer.decoupled = false;
         }
         OptimizerKind::Adamw => {
@@ -55,17 +70,36 @@ fn check(fixture: &str, kind: OptimizerKind) {
         input: art.input.clone(),
         logits: art.logits.clone(),
         classification: true,
+        extras: vec![],
     };
-    let mut t = Trainer::new(spec, &SessionOptions { threads: 1, ..Default::default() }).unwrap();
+    let mut t = Trainer::new(
+        spec,
+        &SessionOptions {
+            threads: 1,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let mut worst = 0.0f32;
     for s in 1..=2 {
         let (xs, x) = read_f32(&mut ar, &format!("x{s}"));
         let y = read_i64(&mut ar, &format!("labels{s}"));
         let (_, want_loss) = read_f32(&mut ar, &format!("loss{s}"));
         let (loss, _) = t.step(x, &xs, &Labels::Classes(y), lr, s).unwrap();
-        assert!((loss - want_loss[0]).abs() < 1e-5, "step {s}: loss {loss} vs torch {}", want_loss[0]);
+        assert!(
+            (loss - want_loss[0]).abs() < 1e-5,
+            "step {s}: loss {loss} vs torch {}",
+            want_loss[0]
+        );
         let state: TensorMap = t.download().unwrap();
-        for p in ["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias", "fc3.weight", "fc3.bias"] {
+        for p in [
+            "fc1.weight",
+            "fc1.bias",
+            "fc2.weight",
+            "fc2.bias",
+            "fc3.weight",
+            "fc3.bias",
+        ] {
             let (ws, want) = read_f32(&mut ar, &format!("after{s}:{p}"));
             let (gs, got) = &state[p];
             assert_eq!(&ws, gs, "{p}");

@@ -51,8 +51,12 @@ impl Registry {
     }
     /// Op types with a real gradient rule, sorted.
     pub fn supported(&self) -> Vec<&'static str> {
-        let mut v: Vec<&'static str> =
-            self.rules.iter().filter(|(_, r)| matches!(r, Rule::Grad(_))).map(|(k, _)| *k).collect();
+        let mut v: Vec<&'static str> = self
+            .rules
+            .iter()
+            .filter(|(_, r)| matches!(r, Rule::Grad(_)))
+            .map(|(k, _)| *k)
+            .collect();
         v.sort_unstable();
         v
     }
@@ -62,7 +66,9 @@ impl Registry {
 pub fn registry() -> &'static Registry {
     static REG: OnceLock<Registry> = OnceLock::new();
     REG.get_or_init(|| {
-        let mut r = Registry { rules: HashMap::new() };
+        let mut r = Registry {
+            rules: HashMap::new(),
+        };
         for op in stop::NON_DIFFERENTIABLE_OPS {
             r.no_gradient(op);
         }
@@ -161,7 +167,11 @@ impl GradCtx<'_, '_> {
     }
     /// Rank of a value, or an error naming the node when it cannot be inferred.
     pub fn rank(&self, v: &str) -> Result<usize> {
-        self.types.rank(v).ok_or_else(|| self.err(format!("the rank of '{v}' is unknown; the gradient rule needs it")))
+        self.types.rank(v).ok_or_else(|| {
+            self.err(format!(
+                "the rank of '{v}' is unknown; the gradient rule needs it"
+            ))
+        })
     }
     /// Statically known dims of a value.
     pub fn shape(&self, v: &str) -> Option<Vec<Option<i64>>> {
@@ -206,7 +216,8 @@ impl GradCtx<'_, '_> {
         let dt = self.dtype(v);
         let s = self.shape_of(v);
         let z = zero_tensor(dt);
-        self.b.op_a("ConstantOfShape", &[&s], vec![attr_tensor("value", z)])
+        self.b
+            .op_a("ConstantOfShape", &[&s], vec![attr_tensor("value", z)])
     }
     /// `Reshape(x, Shape(like))`.
     pub fn reshape_like(&mut self, x: &str, like: &str) -> String {
@@ -216,11 +227,19 @@ impl GradCtx<'_, '_> {
     /// `ReduceSum` over constant axes (opset-13 input form).
     pub fn reduce_sum(&mut self, x: &str, axes: &[i64], keepdims: bool) -> String {
         let a = self.ints(axes);
-        self.op_a("ReduceSum", &[x, &a], vec![attr_int("keepdims", keepdims as i64)])
+        self.op_a(
+            "ReduceSum",
+            &[x, &a],
+            vec![attr_int("keepdims", keepdims as i64)],
+        )
     }
     /// `Transpose` with a permutation.
     pub fn transpose(&mut self, x: &str, perm: &[i64]) -> String {
-        self.op_a("Transpose", &[x], vec![crate::proto::attr_ints("perm", perm)])
+        self.op_a(
+            "Transpose",
+            &[x],
+            vec![crate::proto::attr_ints("perm", perm)],
+        )
     }
 
     /// Undo broadcasting: sum `grad` (shaped like output `out`) down to the shape of the
@@ -251,7 +270,11 @@ impl GradCtx<'_, '_> {
                     return Ok(self.reduce_sum(grad, &axes, false));
                 }
                 let r = self.reduce_sum(grad, &axes, true);
-                return Ok(if lead > 0 { self.reshape_like(&r, input) } else { r });
+                return Ok(if lead > 0 {
+                    self.reshape_like(&r, input)
+                } else {
+                    r
+                });
             }
         }
         Ok(self.unbroadcast_dynamic(grad, input))
@@ -311,7 +334,11 @@ fn add_saved_outputs(g: &mut Graph) {
 }
 
 fn zero_tensor(dt: i32) -> crate::proto::TensorProto {
-    if dt == DataType::Double as i32 { fill::<f64>(0.0) } else { fill::<f32>(0.0) }
+    if dt == DataType::Double as i32 {
+        fill::<f64>(0.0)
+    } else {
+        fill::<f32>(0.0)
+    }
 }
 
 /// Build the gradients of the scalar `loss` with respect to each value in `wrt`
@@ -330,7 +357,10 @@ pub fn differentiate(g: &mut Graph, loss: &str, wrt: &[String]) -> Result<Vec<St
     let fwd = reach::forward_reach(g, &sources);
     let back = reach::backward_reach(g, &[loss]);
     // The names users see are reserved first, so nothing else takes them.
-    let grad_names: Vec<String> = wrt.iter().map(|w| g.names.fresh(&format!("{w}_grad"))).collect();
+    let grad_names: Vec<String> = wrt
+        .iter()
+        .map(|w| g.names.fresh(&format!("{w}_grad")))
+        .collect();
     let reg = registry();
     let mut b = Builder::new(g, "autodiff");
     let mut acc: HashMap<String, Vec<String>> = HashMap::new();
@@ -358,7 +388,9 @@ pub fn differentiate(g: &mut Graph, loss: &str, wrt: &[String]) -> Result<Vec<St
             .input
             .iter()
             .enumerate()
-            .map(|(s, v)| !v.is_empty() && !stop::is_stop_input(n, s) && fwd.contains(v) && back.contains(v))
+            .map(|(s, v)| {
+                !v.is_empty() && !stop::is_stop_input(n, s) && fwd.contains(v) && back.contains(v)
+            })
             .collect();
         if !needs.iter().any(|&x| x) {
             continue;
@@ -388,7 +420,11 @@ pub fn differentiate(g: &mut Graph, loss: &str, wrt: &[String]) -> Result<Vec<St
                 acc.remove(o).map(|c| accumulate(&mut b, o, c, None))
             })
             .collect();
-        let tag = if n.name().is_empty() { n.output[0].clone() } else { n.name().to_string() };
+        let tag = if n.name().is_empty() {
+            n.output[0].clone()
+        } else {
+            n.name().to_string()
+        };
         b.prefix = format!("{tag}_grad/");
         let mut ctx = GradCtx {
             node: n,
@@ -421,7 +457,12 @@ pub fn differentiate(g: &mut Graph, loss: &str, wrt: &[String]) -> Result<Vec<St
                     Some(d) => b.ints(&d),
                     None => b.op("Shape", &[w]),
                 };
-                b.node_to("ConstantOfShape", &[&s], &[name], vec![attr_tensor("value", zero_tensor(dt))]);
+                b.node_to(
+                    "ConstantOfShape",
+                    &[&s],
+                    &[name],
+                    vec![attr_tensor("value", zero_tensor(dt))],
+                );
             }
         }
     }

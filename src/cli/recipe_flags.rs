@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use crate::error::Result;
+use crate::regularizers::{InverseRate, LambdaMode, Regularizer};
 use crate::train::loss::LossKind;
 use crate::train::optim::{OptimizerKind, Schedule};
 use crate::train::recipe::Recipe;
@@ -51,6 +52,22 @@ pub struct RecipeFlags {
     pub batch_size: Option<usize>,
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Regularizer: none or inverse-rate.
+    #[arg(long)]
+    pub regularizer: Option<String>,
+    /// Inverse rate: overlap ρ of the two halves of a batch.
+    #[arg(long)]
+    pub rho: Option<f64>,
+    /// Inverse rate: λ* (fixed mode) or its initial value (validated mode).
+    #[arg(long)]
+    pub lambda: Option<f64>,
+    /// Inverse rate: how λ* is chosen.
+    #[arg(long, value_enum)]
+    pub lambda_mode: Option<LambdaMode>,
+    /// Inverse rate, grid mode: the training-set size n in s = ln(1/δ)/n (regraft train
+    /// fills it in from the data).
+    #[arg(long)]
+    pub n_train: Option<usize>,
 }
 
 impl RecipeFlags {
@@ -97,10 +114,18 @@ impl RecipeFlags {
         if let Some(s) = &self.schedule {
             r.schedule = match s.as_str() {
                 "constant" => Schedule::Constant,
-                "cosine" => Schedule::Cosine { warmup_steps: self.warmup_steps },
-                "step" => Schedule::Step { step_size: 30, gamma: 0.1 },
+                "cosine" => Schedule::Cosine {
+                    warmup_steps: self.warmup_steps,
+                },
+                "step" => Schedule::Step {
+                    step_size: 30,
+                    gamma: 0.1,
+                },
                 other => {
-                    return Err(crate::Error::flag("--schedule", format!("unknown schedule '{other}' (constant, cosine, step)")));
+                    return Err(crate::Error::flag(
+                        "--schedule",
+                        format!("unknown schedule '{other}' (constant, cosine, step)"),
+                    ));
                 }
             };
         }
@@ -112,6 +137,48 @@ impl RecipeFlags {
         }
         if let Some(v) = self.seed {
             r.seed = v;
+        }
+        match self.regularizer.as_deref() {
+            None => {}
+            Some("none") => r.regularizer = Regularizer::None,
+            Some("inverse-rate") => {
+                if !matches!(r.regularizer, Regularizer::InverseRate(_)) {
+                    r.regularizer = Regularizer::InverseRate(InverseRate::default());
+                }
+            }
+            Some(other) => {
+                return Err(crate::Error::flag(
+                    "--regularizer",
+                    format!("unknown regularizer '{other}' (none, inverse-rate)"),
+                ));
+            }
+        }
+        let ir_flags = self.rho.is_some()
+            || self.lambda.is_some()
+            || self.lambda_mode.is_some()
+            || self.n_train.is_some();
+        match &mut r.regularizer {
+            Regularizer::InverseRate(ir) => {
+                if let Some(v) = self.rho {
+                    ir.rho = v;
+                }
+                if let Some(v) = self.lambda {
+                    ir.lambda = v;
+                }
+                if let Some(v) = self.lambda_mode {
+                    ir.lambda_mode = v;
+                }
+                if self.n_train.is_some() {
+                    ir.n_train = self.n_train;
+                }
+            }
+            Regularizer::None if ir_flags => {
+                return Err(crate::Error::flag(
+                    "--rho/--lambda/--lambda-mode",
+                    "need --regularizer inverse-rate",
+                ));
+            }
+            Regularizer::None => {}
         }
         r.validate()?;
         Ok(r)

@@ -20,19 +20,38 @@ pub struct Args {
 }
 
 /// Write the artifacts, the initial state, the resolved recipe and the source model.
-pub fn write_artifacts(dir: &Path, model: &ModelProto, recipe: &Recipe, a: &Artifacts) -> Result<()> {
+pub fn write_artifacts(
+    dir: &Path,
+    model: &ModelProto,
+    recipe: &Recipe,
+    a: &Artifacts,
+) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| crate::Error::file(dir, e.to_string()))?;
-    save_model(&a.train.to_model(), dir.join("train_step.onnx"), &External::Auto)?;
+    save_model(
+        &a.train.to_model(),
+        dir.join("train_step.onnx"),
+        &External::Auto,
+    )?;
     save_model(&a.eval.to_model(), dir.join("eval.onnx"), &External::Auto)?;
     save_model(model, dir.join("model.onnx"), &External::Auto)?;
     let init: TensorMap = a
         .state
         .iter()
-        .map(|e| Ok((e.name.clone(), (e.dims.iter().map(|&d| d as usize).collect(), crate::proto::tensor_values::<f32>(&e.init)?))))
+        .map(|e| {
+            Ok((
+                e.name.clone(),
+                (
+                    e.dims.iter().map(|&d| d as usize).collect(),
+                    crate::proto::tensor_values::<f32>(&e.init)?,
+                ),
+            ))
+        })
         .collect::<Result<_>>()?;
     checkpoint::save(&dir.join("state.safetensors"), &init, None, &[])?;
     let r = recipe.to_toml();
-    crate::io::write_atomic(&dir.join("recipe.toml"), |f| std::io::Write::write_all(f, r.as_bytes()))
+    crate::io::write_atomic(&dir.join("recipe.toml"), |f| {
+        std::io::Write::write_all(f, r.as_bytes())
+    })
 }
 
 pub fn run(a: Args) -> Result<()> {

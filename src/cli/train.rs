@@ -46,7 +46,10 @@ pub struct Args {
 /// Split off a validation fraction deterministically (by seed).
 pub fn split(ds: &Dataset, fraction: f64, seed: u64) -> Result<(Dataset, Dataset)> {
     if !(0.0..1.0).contains(&fraction) || fraction == 0.0 {
-        return Err(Error::flag("--val-fraction", format!("must be in (0, 1), not {fraction}")));
+        return Err(Error::flag(
+            "--val-fraction",
+            format!("must be in (0, 1), not {fraction}"),
+        ));
     }
     let order = crate::runtime::trainer::epoch_order(ds.len(), seed ^ 0x5eed_5eed, usize::MAX);
     let nv = ((ds.len() as f64) * fraction).round().max(1.0) as usize;
@@ -69,17 +72,38 @@ pub fn run(a: Args) -> Result<()> {
     } else {
         base
     };
-    let recipe = a.recipe.resolve(base)?;
+    let mut recipe = a.recipe.resolve(base)?;
     let model = load_model(&model_path)?;
-    let art = build(&model, &recipe).map_err(|e| e.in_file(&model_path))?;
     // Data is checked before anything is written or trained.
     let float_labels = recipe.loss == LossKind::Mse;
     let data = load_npz(&a.data, float_labels)?;
-    validate(&data, &a.data, &art.input, &art.input_dims, art.classes.filter(|_| !float_labels))?;
+    if let crate::regularizers::Regularizer::InverseRate(ir) = &mut recipe.regularizer
+        && ir.n_train.is_none()
+    {
+        // n is the size of the training split.
+        let held_out = a
+            .val_fraction
+            .map_or(0, |f| ((data.len() as f64) * f).round().max(1.0) as usize);
+        ir.n_train = Some(data.len().saturating_sub(held_out));
+    }
+    let art = build(&model, &recipe).map_err(|e| e.in_file(&model_path))?;
+    validate(
+        &data,
+        &a.data,
+        &art.input,
+        &art.input_dims,
+        art.classes.filter(|_| !float_labels),
+    )?;
     let (train, val) = match (&a.val, a.val_fraction) {
         (Some(v), _) => {
             let vd = load_npz(v, float_labels)?;
-            validate(&vd, v, &art.input, &art.input_dims, art.classes.filter(|_| !float_labels))?;
+            validate(
+                &vd,
+                v,
+                &art.input,
+                &art.input_dims,
+                art.classes.filter(|_| !float_labels),
+            )?;
             (data, Some(vd))
         }
         (None, Some(f)) => {
@@ -88,7 +112,11 @@ pub fn run(a: Args) -> Result<()> {
         }
         (None, None) => (data, None),
     };
-    let opts = SessionOptions { device: a.device, threads: a.threads, optimize: true };
+    let opts = SessionOptions {
+        device: a.device,
+        threads: a.threads,
+        optimize: true,
+    };
     let spec = Spec {
         train_bytes: prost::Message::encode_to_vec(&art.train.to_model()),
         eval_bytes: prost::Message::encode_to_vec(&art.eval.to_model()),
@@ -96,6 +124,7 @@ pub fn run(a: Args) -> Result<()> {
         input: art.input.clone(),
         logits: art.logits.clone(),
         classification: recipe.loss == LossKind::CrossEntropy,
+        extras: art.extras.clone(),
     };
     let mut trainer = Trainer::new(spec, &opts)?;
     write_artifacts(&a.output, &model, &recipe, &art)?;
@@ -115,7 +144,9 @@ pub fn run(a: Args) -> Result<()> {
             "done: {} epochs, train loss {:.4}{}; checkpoint in {}",
             l.epoch,
             l.train_loss,
-            l.val_accuracy.map(|v| format!(", val accuracy {v:.4}")).unwrap_or_default(),
+            l.val_accuracy
+                .map(|v| format!(", val accuracy {v:.4}"))
+                .unwrap_or_default(),
             a.output.display()
         );
     }

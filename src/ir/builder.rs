@@ -176,10 +176,7 @@ impl Graph {
             });
         }
         for (old, new) in replace {
-            let producer = self
-                .nodes
-                .iter_mut()
-                .find(|n| n.output.contains(&old));
+            let producer = self.nodes.iter_mut().find(|n| n.output.contains(&old));
             let takes_name = if let Some(prod) = producer {
                 // The original value is renamed; the replacement takes the old name.
                 let pre = self.names.fresh(&format!("{old}_pre"));

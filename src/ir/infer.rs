@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 
 use super::Graph;
-use crate::proto::{DataType, NodeExt, NodeProto, TensorProto, tensor_type, tensor_values, Dim};
+use crate::proto::{DataType, Dim, NodeExt, NodeProto, TensorProto, tensor_type, tensor_values};
 
 /// A value's element type and (possibly partial) shape.
 #[derive(Clone, Debug, PartialEq)]
@@ -72,7 +72,10 @@ fn from_declared(vi: &crate::proto::ValueInfoProto) -> Option<TypeInfo> {
 }
 
 fn tensor_info(t: &TensorProto) -> TypeInfo {
-    TypeInfo { dtype: t.data_type(), shape: Some(t.dims.iter().map(|&d| Some(d)).collect()) }
+    TypeInfo {
+        dtype: t.data_type(),
+        shape: Some(t.dims.iter().map(|&d| Some(d)).collect()),
+    }
 }
 
 fn float_const(t: &TensorProto) -> Option<Vec<f64>> {
@@ -80,7 +83,9 @@ fn float_const(t: &TensorProto) -> Option<Vec<f64>> {
         return None;
     }
     match DataType::try_from(t.data_type()).ok()? {
-        DataType::Float => tensor_values::<f32>(t).ok().map(|v| v.into_iter().map(f64::from).collect()),
+        DataType::Float => tensor_values::<f32>(t)
+            .ok()
+            .map(|v| v.into_iter().map(f64::from).collect()),
         DataType::Double => tensor_values::<f64>(t).ok(),
         _ => None,
     }
@@ -93,7 +98,9 @@ fn int_const(t: &TensorProto) -> Option<Vec<i64>> {
     }
     match DataType::try_from(t.data_type()).ok()? {
         DataType::Int64 => tensor_values::<i64>(t).ok(),
-        DataType::Bool => tensor_values::<bool>(t).ok().map(|v| v.into_iter().map(i64::from).collect()),
+        DataType::Bool => tensor_values::<bool>(t)
+            .ok()
+            .map(|v| v.into_iter().map(i64::from).collect()),
         _ => None,
     }
 }
@@ -103,8 +110,16 @@ pub fn broadcast(a: &[Option<i64>], b: &[Option<i64>]) -> Vec<Option<i64>> {
     let n = a.len().max(b.len());
     (0..n)
         .map(|i| {
-            let da = if i + a.len() >= n { a[i + a.len() - n] } else { Some(1) };
-            let db = if i + b.len() >= n { b[i + b.len() - n] } else { Some(1) };
+            let da = if i + a.len() >= n {
+                a[i + a.len() - n]
+            } else {
+                Some(1)
+            };
+            let db = if i + b.len() >= n {
+                b[i + b.len() - n]
+            } else {
+                Some(1)
+            };
             match (da, db) {
                 (Some(1), d) | (d, Some(1)) => d,
                 (Some(x), Some(y)) if x == y => Some(x),
@@ -116,7 +131,11 @@ pub fn broadcast(a: &[Option<i64>], b: &[Option<i64>]) -> Vec<Option<i64>> {
 }
 
 fn norm_axis(a: i64, r: usize) -> usize {
-    if a < 0 { (a + r as i64).max(0) as usize } else { a as usize }
+    if a < 0 {
+        (a + r as i64).max(0) as usize
+    } else {
+        a as usize
+    }
 }
 
 /// Infer types for every value of the graph (nodes must be in topological order).
@@ -130,7 +149,10 @@ pub fn infer(g: &Graph) -> Types {
     for init in &g.initializers {
         t.values.insert(init.name().to_string(), tensor_info(init));
         if let Some(c) = int_const(init) {
-            t.partial.insert(init.name().to_string(), c.iter().copied().map(Some).collect());
+            t.partial.insert(
+                init.name().to_string(),
+                c.iter().copied().map(Some).collect(),
+            );
             t.consts.insert(init.name().to_string(), c);
         }
         if let Some(c) = float_const(init) {
@@ -168,13 +190,22 @@ fn merge(decl: &TypeInfo, inf: &TypeInfo) -> TypeInfo {
         (_, Some(i)) => Some(i.clone()),
         (d, None) => d.clone(),
     };
-    TypeInfo { dtype: inf.dtype, shape }
+    TypeInfo {
+        dtype: inf.dtype,
+        shape,
+    }
 }
 
 /// Fold small int64 shape computations so Reshape targets and axes are known: values
 /// are propagated elementwise with unknown (`None`) elements where only the run knows.
 fn fold_consts(n: &NodeProto, t: &mut Types) {
-    let p = |i: usize| n.input.get(i).filter(|s| !s.is_empty()).and_then(|v| t.partial.get(v)).cloned();
+    let p = |i: usize| {
+        n.input
+            .get(i)
+            .filter(|s| !s.is_empty())
+            .and_then(|v| t.partial.get(v))
+            .cloned()
+    };
     let full = |i: usize| p(i).and_then(|v| v.into_iter().collect::<Option<Vec<i64>>>());
     let out = n.output.first().cloned().unwrap_or_default();
     let bin = |f: fn(i64, i64) -> Option<i64>| -> Option<Vec<Option<i64>>> {
@@ -207,8 +238,15 @@ fn fold_consts(n: &NodeProto, t: &mut Types) {
             let end = norm_axis(n.attr_i("end").unwrap_or(r as i64), r).min(r);
             s[start..end.max(start)].to_vec()
         }),
-        "Size" => t.shape(&n.input[0]).map(|s| vec![s.iter().try_fold(1i64, |a, d| d.map(|d| a * d))]),
-        "Concat" => n.input.iter().map(|i| t.partial.get(i).cloned()).collect::<Option<Vec<_>>>().map(|v| v.concat()),
+        "Size" => t
+            .shape(&n.input[0])
+            .map(|s| vec![s.iter().try_fold(1i64, |a, d| d.map(|d| a * d))]),
+        "Concat" => n
+            .input
+            .iter()
+            .map(|i| t.partial.get(i).cloned())
+            .collect::<Option<Vec<_>>>()
+            .map(|v| v.concat()),
         "Identity" | "Reshape" | "Squeeze" | "Unsqueeze" | "Flatten" => p(0),
         "Cast" if n.attr_i("to") == Some(DataType::Int64 as i64) => p(0),
         "Add" if is_int(0) => bin(|a, b| a.checked_add(b)),
@@ -218,7 +256,15 @@ fn fold_consts(n: &NodeProto, t: &mut Types) {
         "Div" if is_int(0) => bin(|a, b| a.checked_div(b)),
         // Mod follows the divisor's sign unless fmod=1 (then the dividend's, like `%`).
         "Mod" if is_int(0) && n.attr_i("fmod").unwrap_or(0) != 0 => bin(|a, b| a.checked_rem(b)),
-        "Mod" if is_int(0) => bin(|a, b| a.checked_rem(b).map(|r| if r != 0 && (r < 0) != (b < 0) { r + b } else { r })),
+        "Mod" if is_int(0) => bin(|a, b| {
+            a.checked_rem(b).map(|r| {
+                if r != 0 && (r < 0) != (b < 0) {
+                    r + b
+                } else {
+                    r
+                }
+            })
+        }),
         "Neg" if is_int(0) => p(0).map(|v| v.into_iter().map(|x| x.map(|x| -x)).collect()),
         "Gather" => {
             let (data, idx) = (p(0), full(1));
@@ -233,9 +279,15 @@ fn fold_consts(n: &NodeProto, t: &mut Types) {
         }
         "Slice" => {
             let (data, st, en) = (p(0), full(1), full(2));
-            let steps = if n.input.len() > 4 && !n.input[4].is_empty() { full(4) } else { Some(vec![1]) };
+            let steps = if n.input.len() > 4 && !n.input[4].is_empty() {
+                full(4)
+            } else {
+                Some(vec![1])
+            };
             match (data, st, en, steps) {
-                (Some(d), Some(st), Some(en), Some(sp)) if st.len() == 1 && en.len() == 1 && sp == [1] => {
+                (Some(d), Some(st), Some(en), Some(sp))
+                    if st.len() == 1 && en.len() == 1 && sp == [1] =>
+                {
                     let len = d.len() as i64;
                     let fix = |v: i64| (if v < 0 { v + len } else { v }).clamp(0, len) as usize;
                     let (a, b) = (fix(st[0]), fix(en[0]));
@@ -245,8 +297,14 @@ fn fold_consts(n: &NodeProto, t: &mut Types) {
             }
         }
         "ConstantOfShape" => {
-            let val = n.attr_t("value").and_then(int_const).and_then(|v| v.first().copied()).unwrap_or(0);
-            full(0).filter(|s| s.len() == 1 && s[0] <= 64).map(|s| vec![Some(val); s[0] as usize])
+            let val = n
+                .attr_t("value")
+                .and_then(int_const)
+                .and_then(|v| v.first().copied())
+                .unwrap_or(0);
+            full(0)
+                .filter(|s| s.len() == 1 && s[0] <= 64)
+                .map(|s| vec![Some(val); s[0] as usize])
         }
         "Range" => match (full(0), full(1), full(2)) {
             (Some(a), Some(b), Some(c)) if c[0] != 0 && ((b[0] - a[0]) / c[0]).abs() <= 64 => {
@@ -261,12 +319,19 @@ fn fold_consts(n: &NodeProto, t: &mut Types) {
             _ => None,
         },
         "Max" | "Min" if is_int(0) && n.input.len() == 2 => {
-            if n.op_type() == "Max" { bin(|a, b| Some(a.max(b))) } else { bin(|a, b| Some(a.min(b))) }
+            if n.op_type() == "Max" {
+                bin(|a, b| Some(a.max(b)))
+            } else {
+                bin(|a, b| Some(a.min(b)))
+            }
         }
         _ => None,
     };
     if n.op_type() == "Constant"
-        && let Some(f) = n.attr_t("value").and_then(float_const).or_else(|| n.attr_f("value_float").map(|x| vec![x as f64]))
+        && let Some(f) = n
+            .attr_t("value")
+            .and_then(float_const)
+            .or_else(|| n.attr_f("value_float").map(|x| vec![x as f64]))
     {
         t.fconsts.insert(out.clone(), f);
     }
@@ -279,7 +344,13 @@ fn fold_consts(n: &NodeProto, t: &mut Types) {
 }
 
 fn infer_node(n: &NodeProto, t: &Types, opset: i64) -> Vec<Option<TypeInfo>> {
-    let get = |i: usize| n.input.get(i).filter(|s| !s.is_empty()).and_then(|v| t.get(v)).cloned();
+    let get = |i: usize| {
+        n.input
+            .get(i)
+            .filter(|s| !s.is_empty())
+            .and_then(|v| t.get(v))
+            .cloned()
+    };
     let dt0 = get(0).map(|x| x.dtype).unwrap_or(DataType::Float as i32);
     let shape0 = get(0).and_then(|x| x.shape);
     let same = || vec![get(0)];
@@ -293,12 +364,13 @@ fn infer_node(n: &NodeProto, t: &Types, opset: i64) -> Vec<Option<TypeInfo>> {
         }
     };
     match n.op_type() {
-        "Relu" | "LeakyRelu" | "Sigmoid" | "Tanh" | "Erf" | "Gelu" | "Neg" | "Abs" | "Exp" | "Log"
-        | "Sqrt" | "Reciprocal" | "Softmax" | "LogSoftmax" | "Identity" | "Clip" | "Elu" | "Selu"
-        | "HardSigmoid" | "Softplus" | "Softsign" | "Sin" | "Cos" | "Floor" | "Ceil" | "Round"
-        | "Sign" | "HardSwish" | "Mish" | "CumSum" | "Trilu" | "RandomNormalLike"
-        | "RandomUniformLike" | "LRN" => same(),
-        "Add" | "Sub" | "Mul" | "Div" | "Pow" | "Max" | "Min" | "Sum" | "Mean" | "Mod" | "PRelu" => {
+        "Relu" | "LeakyRelu" | "Sigmoid" | "Tanh" | "Erf" | "Gelu" | "Neg" | "Abs" | "Exp"
+        | "Log" | "Sqrt" | "Reciprocal" | "Softmax" | "LogSoftmax" | "Identity" | "Clip"
+        | "Elu" | "Selu" | "HardSigmoid" | "Softplus" | "Softsign" | "Sin" | "Cos" | "Floor"
+        | "Ceil" | "Round" | "Sign" | "HardSwish" | "Mish" | "CumSum" | "Trilu"
+        | "RandomNormalLike" | "RandomUniformLike" | "LRN" => same(),
+        "Add" | "Sub" | "Mul" | "Div" | "Pow" | "Max" | "Min" | "Sum" | "Mean" | "Mod"
+        | "PRelu" => {
             let mut shape = shape0;
             for i in 1..n.input.len() {
                 shape = match (shape, get(i).and_then(|x| x.shape)) {
@@ -342,26 +414,57 @@ fn infer_node(n: &NodeProto, t: &Types, opset: i64) -> Vec<Option<TypeInfo>> {
         "Size" => vec![mk(DataType::Int64 as i32, Some(vec![]))],
         "Constant" => {
             let v = n.attr_t("value").map(tensor_info).or_else(|| {
-                n.attr_ints("value_ints").filter(|v| !v.is_empty()).map(|v| TypeInfo {
+                n.attr_ints("value_ints")
+                    .filter(|v| !v.is_empty())
+                    .map(|v| TypeInfo {
+                        dtype: DataType::Int64 as i32,
+                        shape: Some(vec![Some(v.len() as i64)]),
+                    })
+            });
+            let v = v.or_else(|| {
+                n.attr_i("value_int").map(|_| TypeInfo {
                     dtype: DataType::Int64 as i32,
-                    shape: Some(vec![Some(v.len() as i64)]),
+                    shape: Some(vec![]),
                 })
             });
-            let v = v.or_else(|| n.attr_i("value_int").map(|_| TypeInfo { dtype: DataType::Int64 as i32, shape: Some(vec![]) }));
-            let v = v.or_else(|| n.attr_f("value_float").map(|_| TypeInfo { dtype: DataType::Float as i32, shape: Some(vec![]) }));
+            let v = v.or_else(|| {
+                n.attr_f("value_float").map(|_| TypeInfo {
+                    dtype: DataType::Float as i32,
+                    shape: Some(vec![]),
+                })
+            });
             vec![v]
         }
         "ConstantOfShape" => {
-            let dt = n.attr_t("value").map(|x| x.data_type()).unwrap_or(DataType::Float as i32);
-            let shape = cst(0).map(|c| c.into_iter().map(Some).collect()).or_else(|| {
-                get(0).and_then(|x| x.shape).and_then(|s| s.first().copied().flatten()).map(|r| vec![None; r as usize])
-            });
+            let dt = n
+                .attr_t("value")
+                .map(|x| x.data_type())
+                .unwrap_or(DataType::Float as i32);
+            let shape = cst(0)
+                .map(|c| c.into_iter().map(Some).collect())
+                .or_else(|| {
+                    get(0)
+                        .and_then(|x| x.shape)
+                        .and_then(|s| s.first().copied().flatten())
+                        .map(|r| vec![None; r as usize])
+                });
             vec![mk(dt, shape)]
         }
         "MatMul" => {
             let shape = match (shape0, get(1).and_then(|x| x.shape)) {
                 (Some(a), Some(b)) if !a.is_empty() && !b.is_empty() => {
-                    let (a2, b2) = (if a.len() == 1 { vec![Some(1), a[0]] } else { a.clone() }, if b.len() == 1 { vec![b[0], Some(1)] } else { b.clone() });
+                    let (a2, b2) = (
+                        if a.len() == 1 {
+                            vec![Some(1), a[0]]
+                        } else {
+                            a.clone()
+                        },
+                        if b.len() == 1 {
+                            vec![b[0], Some(1)]
+                        } else {
+                            b.clone()
+                        },
+                    );
                     let batch = broadcast(&a2[..a2.len() - 2], &b2[..b2.len() - 2]);
                     let mut s = batch;
                     if a.len() > 1 {
@@ -377,9 +480,24 @@ fn infer_node(n: &NodeProto, t: &Types, opset: i64) -> Vec<Option<TypeInfo>> {
             vec![mk(dt0, shape)]
         }
         "Gemm" => {
-            let (ta, tb) = (n.attr_i("transA").unwrap_or(0) != 0, n.attr_i("transB").unwrap_or(0) != 0);
-            let m = shape0.as_ref().and_then(|s| if s.len() == 2 { Some(if ta { s[1] } else { s[0] }) } else { None });
-            let nn = get(1).and_then(|x| x.shape).and_then(|s| if s.len() == 2 { Some(if tb { s[0] } else { s[1] }) } else { None });
+            let (ta, tb) = (
+                n.attr_i("transA").unwrap_or(0) != 0,
+                n.attr_i("transB").unwrap_or(0) != 0,
+            );
+            let m = shape0.as_ref().and_then(|s| {
+                if s.len() == 2 {
+                    Some(if ta { s[1] } else { s[0] })
+                } else {
+                    None
+                }
+            });
+            let nn = get(1).and_then(|x| x.shape).and_then(|s| {
+                if s.len() == 2 {
+                    Some(if tb { s[0] } else { s[1] })
+                } else {
+                    None
+                }
+            });
             vec![mk(dt0, Some(vec![m.flatten(), nn.flatten()]))]
         }
         "Conv" | "MaxPool" | "AveragePool" | "ConvTranspose" => {
@@ -387,7 +505,14 @@ fn infer_node(n: &NodeProto, t: &Types, opset: i64) -> Vec<Option<TypeInfo>> {
                 let mut out = vec![s[0]];
                 let c = if matches!(n.op_type(), "Conv" | "ConvTranspose") {
                     get(1).and_then(|w| w.shape).and_then(|w| {
-                        if n.op_type() == "Conv" { w[0] } else { w.get(1).copied().flatten().map(|c| c * n.attr_i("group").unwrap_or(1)) }
+                        if n.op_type() == "Conv" {
+                            w[0]
+                        } else {
+                            w.get(1)
+                                .copied()
+                                .flatten()
+                                .map(|c| c * n.attr_i("group").unwrap_or(1))
+                        }
                     })
                 } else {
                     s.get(1).copied().flatten()
@@ -395,17 +520,31 @@ fn infer_node(n: &NodeProto, t: &Types, opset: i64) -> Vec<Option<TypeInfo>> {
                 out.push(c);
                 out.extend(std::iter::repeat_n(None, s.len().saturating_sub(2)));
                 // Spatial dims, where everything is known.
-                let k = n.attr_ints("kernel_shape").filter(|k| !k.is_empty()).or_else(|| {
-                    get(1).and_then(|w| w.static_shape()).map(|w| w[2..].to_vec())
-                });
+                let k = n
+                    .attr_ints("kernel_shape")
+                    .filter(|k| !k.is_empty())
+                    .or_else(|| {
+                        get(1)
+                            .and_then(|w| w.static_shape())
+                            .map(|w| w[2..].to_vec())
+                    });
                 let auto = n.attr_s("auto_pad").unwrap_or_default();
                 if let Some(k) = k
                     && n.op_type() != "ConvTranspose"
                 {
                     let nd = k.len();
-                    let st = n.attr_ints("strides").filter(|v| !v.is_empty()).unwrap_or(vec![1; nd]);
-                    let dl = n.attr_ints("dilations").filter(|v| !v.is_empty()).unwrap_or(vec![1; nd]);
-                    let pd = n.attr_ints("pads").filter(|v| !v.is_empty()).unwrap_or(vec![0; 2 * nd]);
+                    let st = n
+                        .attr_ints("strides")
+                        .filter(|v| !v.is_empty())
+                        .unwrap_or(vec![1; nd]);
+                    let dl = n
+                        .attr_ints("dilations")
+                        .filter(|v| !v.is_empty())
+                        .unwrap_or(vec![1; nd]);
+                    let pd = n
+                        .attr_ints("pads")
+                        .filter(|v| !v.is_empty())
+                        .unwrap_or(vec![0; 2 * nd]);
                     let ceil = n.attr_i("ceil_mode").unwrap_or(0) != 0;
                     for i in 0..nd.min(s.len().saturating_sub(2)) {
                         if let Some(h) = s[2 + i] {
@@ -415,7 +554,11 @@ fn infer_node(n: &NodeProto, t: &Types, opset: i64) -> Vec<Option<TypeInfo>> {
                                 "VALID" => (h - ek) / st[i] + 1,
                                 _ => {
                                     let num = h + pd[i] + pd[i + nd] - ek;
-                                    if ceil { (num + st[i] - 1) / st[i] + 1 } else { num / st[i] + 1 }
+                                    if ceil {
+                                        (num + st[i] - 1) / st[i] + 1
+                                    } else {
+                                        num / st[i] + 1
+                                    }
                                 }
                             };
                             out[2 + i] = Some(o);
@@ -431,7 +574,15 @@ fn infer_node(n: &NodeProto, t: &Types, opset: i64) -> Vec<Option<TypeInfo>> {
             v
         }
         "GlobalAveragePool" | "GlobalMaxPool" => {
-            vec![mk(dt0, shape0.map(|s| s.iter().enumerate().map(|(i, d)| if i < 2 { *d } else { Some(1) }).collect()))]
+            vec![mk(
+                dt0,
+                shape0.map(|s| {
+                    s.iter()
+                        .enumerate()
+                        .map(|(i, d)| if i < 2 { *d } else { Some(1) })
+                        .collect()
+                }),
+            )]
         }
         "BatchNormalization" => {
             let c = get(1);
@@ -442,7 +593,10 @@ fn infer_node(n: &NodeProto, t: &Types, opset: i64) -> Vec<Option<TypeInfo>> {
             let axis = n.attr_i("axis").unwrap_or(-1);
             let stat = shape0.as_ref().zip(r).map(|(s, r)| {
                 let a = norm_axis(axis, r);
-                s.iter().enumerate().map(|(i, d)| if i < a { *d } else { Some(1) }).collect()
+                s.iter()
+                    .enumerate()
+                    .map(|(i, d)| if i < a { *d } else { Some(1) })
+                    .collect()
             });
             let sdt = n.attr_i("stash_type").unwrap_or(1) as i32;
             vec![get(0), mk(sdt, stat.clone()), mk(sdt, stat)]
@@ -464,14 +618,22 @@ fn infer_node(n: &NodeProto, t: &Types, opset: i64) -> Vec<Option<TypeInfo>> {
                     .iter()
                     .enumerate()
                     .map(|(i, &d)| match d {
-                        0 if !allowzero => shape0.as_ref().and_then(|s| s.get(i).copied().flatten()),
+                        0 if !allowzero => {
+                            shape0.as_ref().and_then(|s| s.get(i).copied().flatten())
+                        }
                         -1 => None,
                         d => Some(d),
                     })
                     .collect();
                 if let Some(pos) = target.iter().position(|&d| d == -1) {
-                    let total = shape0.as_ref().and_then(|s| s.iter().try_fold(1i64, |a, d| d.map(|d| a * d)));
-                    let rest = out.iter().enumerate().filter(|&(i, _)| i != pos).try_fold(1i64, |a, (_, d)| d.map(|d| a * d));
+                    let total = shape0
+                        .as_ref()
+                        .and_then(|s| s.iter().try_fold(1i64, |a, d| d.map(|d| a * d)));
+                    let rest = out
+                        .iter()
+                        .enumerate()
+                        .filter(|&(i, _)| i != pos)
+                        .try_fold(1i64, |a, (_, d)| d.map(|d| a * d));
                     if let (Some(t), Some(r)) = (total, rest)
                         && r != 0
                     {
@@ -486,20 +648,32 @@ fn infer_node(n: &NodeProto, t: &Types, opset: i64) -> Vec<Option<TypeInfo>> {
                     p.iter()
                         .enumerate()
                         .map(|(i, d)| match d {
-                            Some(0) if !allowzero => shape0.as_ref().and_then(|s| s.get(i).copied().flatten()),
+                            Some(0) if !allowzero => {
+                                shape0.as_ref().and_then(|s| s.get(i).copied().flatten())
+                            }
                             Some(d) if *d > 0 => Some(*d),
                             _ => None,
                         })
                         .collect()
                 })
             });
-            let shape = shape.or_else(|| get(1).and_then(|s| s.shape).and_then(|s| s.first().copied().flatten()).map(|r| vec![None; r as usize]));
+            let shape = shape.or_else(|| {
+                get(1)
+                    .and_then(|s| s.shape)
+                    .and_then(|s| s.first().copied().flatten())
+                    .map(|r| vec![None; r as usize])
+            });
             vec![mk(dt0, shape)]
         }
         "Transpose" => {
             let shape = shape0.map(|s| {
-                let perm = n.attr_ints("perm").filter(|p| !p.is_empty()).unwrap_or_else(|| (0..s.len() as i64).rev().collect());
-                perm.iter().map(|&p| s.get(p as usize).copied().flatten()).collect()
+                let perm = n
+                    .attr_ints("perm")
+                    .filter(|p| !p.is_empty())
+                    .unwrap_or_else(|| (0..s.len() as i64).rev().collect());
+                perm.iter()
+                    .map(|&p| s.get(p as usize).copied().flatten())
+                    .collect()
             });
             vec![mk(dt0, shape)]
         }
@@ -508,7 +682,15 @@ fn infer_node(n: &NodeProto, t: &Types, opset: i64) -> Vec<Option<TypeInfo>> {
                 let r = s.len() + axes.len();
                 let axes: Vec<usize> = axes.iter().map(|&a| norm_axis(a, r)).collect();
                 let mut it = s.into_iter();
-                (0..r).map(|i| if axes.contains(&i) { Some(1) } else { it.next().flatten() }).collect()
+                (0..r)
+                    .map(|i| {
+                        if axes.contains(&i) {
+                            Some(1)
+                        } else {
+                            it.next().flatten()
+                        }
+                    })
+                    .collect()
             });
             vec![mk(dt0, shape)]
         }
@@ -518,40 +700,72 @@ fn infer_node(n: &NodeProto, t: &Types, opset: i64) -> Vec<Option<TypeInfo>> {
                 match axes_of(1) {
                     Some(axes) => {
                         let axes: Vec<usize> = axes.iter().map(|&a| norm_axis(a, r)).collect();
-                        Some(s.into_iter().enumerate().filter(|(i, _)| !axes.contains(i)).map(|(_, d)| d).collect())
+                        Some(
+                            s.into_iter()
+                                .enumerate()
+                                .filter(|(i, _)| !axes.contains(i))
+                                .map(|(_, d)| d)
+                                .collect(),
+                        )
                     }
-                    None if s.iter().all(Option::is_some) => Some(s.into_iter().filter(|d| *d != Some(1)).collect()),
+                    None if s.iter().all(Option::is_some) => {
+                        Some(s.into_iter().filter(|d| *d != Some(1)).collect())
+                    }
                     None => None,
                 }
             });
             vec![mk(dt0, shape)]
         }
         "Concat" => {
-            let shapes: Option<Vec<Vec<Option<i64>>>> = (0..n.input.len()).map(|i| get(i).and_then(|x| x.shape)).collect();
+            let shapes: Option<Vec<Vec<Option<i64>>>> = (0..n.input.len())
+                .map(|i| get(i).and_then(|x| x.shape))
+                .collect();
             let shape = shapes.and_then(|ss| {
                 let first = ss.first()?.clone();
                 let a = norm_axis(n.attr_i("axis").unwrap_or(0), first.len());
                 let mut out = first;
-                out[a] = ss.iter().try_fold(0i64, |acc, s| s.get(a).copied().flatten().map(|d| acc + d));
+                out[a] = ss
+                    .iter()
+                    .try_fold(0i64, |acc, s| s.get(a).copied().flatten().map(|d| acc + d));
                 Some(out)
             });
-            let shape = shape.or_else(|| shape0.map(|s| s.iter().enumerate().map(|(i, d)| if i as i64 == n.attr_i("axis").unwrap_or(0) { None } else { *d }).collect()));
+            let shape = shape.or_else(|| {
+                shape0.map(|s| {
+                    s.iter()
+                        .enumerate()
+                        .map(|(i, d)| {
+                            if i as i64 == n.attr_i("axis").unwrap_or(0) {
+                                None
+                            } else {
+                                *d
+                            }
+                        })
+                        .collect()
+                })
+            });
             vec![mk(dt0, shape)]
         }
         "Split" => {
             let k = n.output.len();
             let axis = n.attr_i("axis").unwrap_or(0);
-            let sizes = if opset >= 13 { cst(1) } else { n.attr_ints("split") };
+            let sizes = if opset >= 13 {
+                cst(1)
+            } else {
+                n.attr_ints("split")
+            };
             (0..k)
                 .map(|i| {
-                    mk(dt0, shape0.clone().map(|mut s| {
-                        let a = norm_axis(axis, s.len());
-                        s[a] = match &sizes {
-                            Some(sz) => sz.get(i).copied(),
-                            None => s[a].filter(|d| d % k as i64 == 0).map(|d| d / k as i64),
-                        };
-                        s
-                    }))
+                    mk(
+                        dt0,
+                        shape0.clone().map(|mut s| {
+                            let a = norm_axis(axis, s.len());
+                            s[a] = match &sizes {
+                                Some(sz) => sz.get(i).copied(),
+                                None => s[a].filter(|d| d % k as i64 == 0).map(|d| d / k as i64),
+                            };
+                            s
+                        }),
+                    )
                 })
                 .collect()
         }
@@ -575,7 +789,8 @@ fn infer_node(n: &NodeProto, t: &Types, opset: i64) -> Vec<Option<TypeInfo>> {
                                 let (b, e) = (clamp(fix(st[j]), 0, d), clamp(fix(en[j]), 0, d));
                                 Some(((e - b).max(0) + step - 1) / step)
                             } else {
-                                let (b, e) = (clamp(fix(st[j]), -1, d - 1), clamp(fix(en[j]), -1, d - 1));
+                                let (b, e) =
+                                    (clamp(fix(st[j]), -1, d - 1), clamp(fix(en[j]), -1, d - 1));
                                 Some(((b - e).max(0) + (-step) - 1) / (-step))
                             }
                         }
@@ -601,27 +816,44 @@ fn infer_node(n: &NodeProto, t: &Types, opset: i64) -> Vec<Option<TypeInfo>> {
             let target = n.input.get(1).and_then(|v| t.partial.get(v)).cloned();
             let shape = match (shape0, target) {
                 (Some(a), Some(c)) => Some(broadcast(&a, &c)),
-                (Some(a), None) => get(1).and_then(|x| x.shape).and_then(|s| s[0]).map(|r| vec![None; (r as usize).max(a.len())]),
+                (Some(a), None) => get(1)
+                    .and_then(|x| x.shape)
+                    .and_then(|s| s[0])
+                    .map(|r| vec![None; (r as usize).max(a.len())]),
                 _ => None,
             };
             vec![mk(dt0, shape)]
         }
-        "ReduceSum" | "ReduceMean" | "ReduceMax" | "ReduceMin" | "ReduceProd" | "ReduceLogSumExp"
-        | "ReduceL2" | "ReduceL1" | "ReduceSumSquare" | "ReduceLogSum" => {
+        "ReduceSum" | "ReduceMean" | "ReduceMax" | "ReduceMin" | "ReduceProd"
+        | "ReduceLogSumExp" | "ReduceL2" | "ReduceL1" | "ReduceSumSquare" | "ReduceLogSum" => {
             let keep = n.attr_i("keepdims").unwrap_or(1) != 0;
             let from_input = n.op_type() == "ReduceSum" && opset >= 13 || opset >= 18;
             let axes = if from_input {
-                if n.input.len() > 1 && !n.input[1].is_empty() { cst(1) } else { Some(vec![]) }
+                if n.input.len() > 1 && !n.input[1].is_empty() {
+                    cst(1)
+                } else {
+                    Some(vec![])
+                }
             } else {
                 Some(n.attr_ints("axes").unwrap_or_default())
             };
             let noop = n.attr_i("noop_with_empty_axes").unwrap_or(0) != 0;
             let shape = shape0.zip(axes).map(|(s, axes)| {
                 let r = s.len();
-                let axes: Vec<usize> = if axes.is_empty() && !noop { (0..r).collect() } else { axes.iter().map(|&a| norm_axis(a, r)).collect() };
+                let axes: Vec<usize> = if axes.is_empty() && !noop {
+                    (0..r).collect()
+                } else {
+                    axes.iter().map(|&a| norm_axis(a, r)).collect()
+                };
                 s.into_iter()
                     .enumerate()
-                    .filter_map(|(i, d)| if axes.contains(&i) { if keep { Some(Some(1)) } else { None } } else { Some(d) })
+                    .filter_map(|(i, d)| {
+                        if axes.contains(&i) {
+                            if keep { Some(Some(1)) } else { None }
+                        } else {
+                            Some(d)
+                        }
+                    })
                     .collect()
             });
             vec![mk(dt0, shape)]
@@ -630,13 +862,26 @@ fn infer_node(n: &NodeProto, t: &Types, opset: i64) -> Vec<Option<TypeInfo>> {
             let keep = n.attr_i("keepdims").unwrap_or(1) != 0;
             let shape = shape0.map(|s| {
                 let a = norm_axis(n.attr_i("axis").unwrap_or(0), s.len());
-                s.into_iter().enumerate().filter_map(|(i, d)| if i == a { if keep { Some(Some(1)) } else { None } } else { Some(d) }).collect()
+                s.into_iter()
+                    .enumerate()
+                    .filter_map(|(i, d)| {
+                        if i == a {
+                            if keep { Some(Some(1)) } else { None }
+                        } else {
+                            Some(d)
+                        }
+                    })
+                    .collect()
             });
             vec![mk(DataType::Int64 as i32, shape)]
         }
         "SoftmaxCrossEntropyLoss" | "NegativeLogLikelihoodLoss" => {
             let red = n.attr_s("reduction").unwrap_or_else(|| "mean".into());
-            let shape = if red == "none" { get(1).and_then(|x| x.shape) } else { Some(vec![]) };
+            let shape = if red == "none" {
+                get(1).and_then(|x| x.shape)
+            } else {
+                Some(vec![])
+            };
             vec![mk(dt0, shape), get(0)]
         }
         "OneHot" => {
@@ -648,9 +893,15 @@ fn infer_node(n: &NodeProto, t: &Types, opset: i64) -> Vec<Option<TypeInfo>> {
                 out.insert(a.min(r - 1), depth);
                 out
             });
-            vec![get(2).map(|v| TypeInfo { dtype: v.dtype, shape })]
+            vec![get(2).map(|v| TypeInfo {
+                dtype: v.dtype,
+                shape,
+            })]
         }
-        "NonZero" => vec![mk(DataType::Int64 as i32, shape0.map(|s| vec![Some(s.len() as i64), None]))],
+        "NonZero" => vec![mk(
+            DataType::Int64 as i32,
+            shape0.map(|s| vec![Some(s.len() as i64), None]),
+        )],
         "Range" => vec![mk(dt0, Some(vec![None]))],
         _ => vec![],
     }

@@ -26,22 +26,40 @@ pub struct Position {
 /// Named f32 tensors with their shapes.
 pub type TensorMap = BTreeMap<String, (Vec<usize>, Vec<f32>)>;
 
-pub fn save(path: &Path, tensors: &TensorMap, pos: Option<&Position>, extra: &[(&str, String)]) -> Result<()> {
-    let bytes: Vec<Vec<u8>> = tensors.values().map(|(_, v)| v.iter().flat_map(|f| f.to_le_bytes()).collect()).collect();
+pub fn save(
+    path: &Path,
+    tensors: &TensorMap,
+    pos: Option<&Position>,
+    extra: &[(&str, String)],
+) -> Result<()> {
+    let bytes: Vec<Vec<u8>> = tensors
+        .values()
+        .map(|(_, v)| v.iter().flat_map(|f| f.to_le_bytes()).collect())
+        .collect();
     let views: Vec<(String, TensorView)> = tensors
         .iter()
         .zip(&bytes)
-        .map(|((k, (shape, _)), b)| Ok((k.clone(), TensorView::new(Dtype::F32, shape.clone(), b).map_err(|e| Error::msg(e.to_string()))?)))
+        .map(|((k, (shape, _)), b)| {
+            Ok((
+                k.clone(),
+                TensorView::new(Dtype::F32, shape.clone(), b)
+                    .map_err(|e| Error::msg(e.to_string()))?,
+            ))
+        })
         .collect::<Result<_>>()?;
     let mut meta: HashMap<String, String> = HashMap::new();
     meta.insert("format".into(), "regraft".into());
     if let Some(p) = pos {
-        meta.insert("position".into(), serde_json::to_string(p).expect("position serializes"));
+        meta.insert(
+            "position".into(),
+            serde_json::to_string(p).expect("position serializes"),
+        );
     }
     for (k, v) in extra {
         meta.insert((*k).to_string(), v.clone());
     }
-    let buf = safetensors::serialize(views, Some(meta)).map_err(|e| Error::file(path, e.to_string()))?;
+    let buf =
+        safetensors::serialize(views, Some(meta)).map_err(|e| Error::file(path, e.to_string()))?;
     crate::io::write_atomic(path, |f| std::io::Write::write_all(f, &buf))
 }
 
@@ -53,20 +71,39 @@ pub struct Loaded {
 
 pub fn load(path: &Path) -> Result<Loaded> {
     let buf = std::fs::read(path).file_ctx(path)?;
-    let st = SafeTensors::deserialize(&buf).map_err(|e| Error::file(path, format!("not a valid safetensors checkpoint: {e}")))?;
-    let (_, meta) = SafeTensors::read_metadata(&buf).map_err(|e| Error::file(path, e.to_string()))?;
+    let st = SafeTensors::deserialize(&buf)
+        .map_err(|e| Error::file(path, format!("not a valid safetensors checkpoint: {e}")))?;
+    let (_, meta) =
+        SafeTensors::read_metadata(&buf).map_err(|e| Error::file(path, e.to_string()))?;
     let metadata = meta.metadata().clone().unwrap_or_default();
     let mut tensors = TensorMap::new();
     for (name, view) in st.tensors() {
         if view.dtype() != Dtype::F32 {
-            return Err(Error::file(path, format!("tensor '{name}' is {:?}; regraft checkpoints hold float32", view.dtype())));
+            return Err(Error::file(
+                path,
+                format!(
+                    "tensor '{name}' is {:?}; regraft checkpoints hold float32",
+                    view.dtype()
+                ),
+            ));
         }
-        let data: Vec<f32> = view.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        let data: Vec<f32> = view
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
         tensors.insert(name, (view.shape().to_vec(), data));
     }
     let position = match metadata.get("position") {
-        Some(p) => Some(serde_json::from_str(p).map_err(|e| Error::file(path, format!("bad position metadata: {e}")))?),
+        Some(p) => Some(
+            serde_json::from_str(p)
+                .map_err(|e| Error::file(path, format!("bad position metadata: {e}")))?,
+        ),
         None => None,
     };
-    Ok(Loaded { tensors, position, metadata })
+    Ok(Loaded {
+        tensors,
+        position,
+        metadata,
+    })
 }

@@ -33,6 +33,8 @@ pub struct Spec {
     pub input: String,
     pub logits: String,
     pub classification: bool,
+    /// Scalar diagnostics fetched each step and averaged per epoch.
+    pub extras: Vec<String>,
 }
 
 /// One epoch's metrics, as logged to `metrics.jsonl`.
@@ -47,10 +49,18 @@ pub struct EpochLog {
     pub val_accuracy: Option<f64>,
     pub samples_per_second: f64,
     pub seconds: f64,
+    /// Epoch means of the step's diagnostics (regularizer value, Ĵ, λ*, ...).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub diagnostics: std::collections::BTreeMap<String, f64>,
 }
 
 fn cpu_mem() -> Result<MemoryInfo<'static>> {
-    Ok(MemoryInfo::new(AllocationDevice::CPU, 0, AllocatorType::Device, MemoryType::Default)?)
+    Ok(MemoryInfo::new(
+        AllocationDevice::CPU,
+        0,
+        AllocatorType::Device,
+        MemoryType::Default,
+    )?)
 }
 
 fn host_tensor(shape: &[usize], data: Vec<f32>) -> Result<DynTensor> {
@@ -89,7 +99,12 @@ impl Trainer {
             Device::Cpu => Allocator::default(),
             Device::Cuda(id) => Allocator::new(
                 &train,
-                MemoryInfo::new(AllocationDevice::CUDA, id, AllocatorType::Device, MemoryType::Default)?,
+                MemoryInfo::new(
+                    AllocationDevice::CUDA,
+                    id,
+                    AllocatorType::Device,
+                    MemoryType::Default,
+                )?,
             )?,
         };
         let mut sets: [Vec<DynTensor>; 2] = [vec![], vec![]];
@@ -111,19 +126,34 @@ impl Trainer {
             if spec.classification {
                 b.bind_output_to_device(CORRECT, &cpu)?;
             }
+            for x in &spec.extras {
+                b.bind_output_to_device(x, &cpu)?;
+            }
         }
         let mut run_opts = RunOptions::new()?;
         if matches!(opts.device, Device::Cuda(_)) {
             run_opts.disable_device_sync()?;
         }
-        let mut t = Trainer { spec, train, eval, device: opts.device, sets, bindings, current: 0, run_opts };
+        let mut t = Trainer {
+            spec,
+            train,
+            eval,
+            device: opts.device,
+            sets,
+            bindings,
+            current: 0,
+            run_opts,
+        };
         let init: TensorMap = t
             .spec
             .state
             .iter()
             .map(|e| {
                 let v = crate::proto::tensor_values::<f32>(&e.init)?;
-                Ok((e.name.clone(), (e.dims.iter().map(|&d| d as usize).collect(), v)))
+                Ok((
+                    e.name.clone(),
+                    (e.dims.iter().map(|&d| d as usize).collect(), v),
+                ))
             })
             .collect::<Result<_>>()?;
         t.upload(&init)?;
@@ -138,7 +168,10 @@ impl Trainer {
                 .ok_or_else(|| Error::msg(format!("the checkpoint has no tensor '{}'", e.name)))?;
             let want: Vec<usize> = e.dims.iter().map(|&d| d as usize).collect();
             if *shape != want {
-                return Err(Error::msg(format!("checkpoint tensor '{}' has shape {shape:?}, the model needs {want:?}", e.name)));
+                return Err(Error::msg(format!(
+                    "checkpoint tensor '{}' has shape {shape:?}, the model needs {want:?}",
+                    e.name
+                )));
             }
             let host = host_tensor(shape, data.clone())?;
             match self.device {
@@ -167,13 +200,36 @@ impl Trainer {
                 }
             };
             let (shape, data) = v.try_extract_tensor::<f32>()?;
-            out.insert(e.name.clone(), (shape.iter().map(|&d| d as usize).collect(), data.to_vec()));
+            out.insert(
+                e.name.clone(),
+                (shape.iter().map(|&d| d as usize).collect(), data.to_vec()),
+            );
         }
         Ok(out)
     }
 
     /// One optimizer step on a batch; returns (mean loss, correct count).
-    pub fn step(&mut self, x: Vec<f32>, xshape: &[usize], y: &Labels, lr: f32, t: usize) -> Result<(f32, f32)> {
+    pub fn step(
+        &mut self,
+        x: Vec<f32>,
+        xshape: &[usize],
+        y: &Labels,
+        lr: f32,
+        t: usize,
+    ) -> Result<(f32, f32)> {
+        self.step_with_extras(x, xshape, y, lr, t)
+            .map(|(l, c, _)| (l, c))
+    }
+
+    /// One optimizer step; also returns the diagnostics named in `Spec::extras`.
+    pub fn step_with_extras(
+        &mut self,
+        x: Vec<f32>,
+        xshape: &[usize],
+        y: &Labels,
+        lr: f32,
+        t: usize,
+    ) -> Result<(f32, f32, Vec<f32>)> {
         let n = xshape[0];
         let xt = host_tensor(xshape, x)?;
         let yt = labels_tensor(y, n)?;
@@ -186,10 +242,20 @@ impl Trainer {
         b.bind_input(STEP, &st)?;
         let outs = self.train.run_binding_with_options(b, &self.run_opts)?;
         let loss = outs[LOSS].try_extract_tensor::<f32>()?.1[0];
-        let correct = if self.spec.classification { outs[CORRECT].try_extract_tensor::<f32>()?.1[0] } else { 0.0 };
+        let correct = if self.spec.classification {
+            outs[CORRECT].try_extract_tensor::<f32>()?.1[0]
+        } else {
+            0.0
+        };
+        let extras = self
+            .spec
+            .extras
+            .iter()
+            .map(|x| Ok(outs[x.as_str()].try_extract_tensor::<f32>()?.1[0]))
+            .collect::<Result<Vec<f32>>>()?;
         drop(outs);
         self.current ^= 1;
-        Ok((loss, correct))
+        Ok((loss, correct, extras))
     }
 
     /// Logits and per-sample losses of the eval graph on a dataset, in batches.
@@ -240,7 +306,9 @@ pub struct FitOptions {
 /// resumed run sees exactly the batches an uninterrupted one would.
 pub fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
     let mut idx: Vec<usize> = (0..n).collect();
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(
+        seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+    );
     idx.shuffle(&mut rng);
     idx
 }
@@ -250,22 +318,44 @@ pub const METRICS: &str = "metrics.jsonl";
 
 fn append_log(path: &Path, line: &EpochLog) -> Result<()> {
     use std::io::Write;
-    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(|e| Error::file(path, e.to_string()))?;
-    writeln!(f, "{}", serde_json::to_string(line).expect("log serializes")).map_err(|e| Error::file(path, e.to_string()))
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| Error::file(path, e.to_string()))?;
+    writeln!(
+        f,
+        "{}",
+        serde_json::to_string(line).expect("log serializes")
+    )
+    .map_err(|e| Error::file(path, e.to_string()))
 }
 
 /// Train; returns the epoch logs of this invocation.
-pub fn fit(t: &mut Trainer, train: &Dataset, val: Option<&Dataset>, o: &FitOptions) -> Result<Vec<EpochLog>> {
+pub fn fit(
+    t: &mut Trainer,
+    train: &Dataset,
+    val: Option<&Dataset>,
+    o: &FitOptions,
+) -> Result<Vec<EpochLog>> {
     let ckpt = o.run_dir.join(CHECKPOINT);
     let mut pos = Position::default();
     if o.resume {
         if !ckpt.is_file() {
-            return Err(Error::flag("--resume", format!("no checkpoint at {}", ckpt.display())));
+            return Err(Error::flag(
+                "--resume",
+                format!("no checkpoint at {}", ckpt.display()),
+            ));
         }
         let c = checkpoint::load(&ckpt)?;
         t.upload(&c.tensors)?;
         pos = c.position.unwrap_or_default();
-        eprintln!("resuming at epoch {}, batch {} (step {})", pos.epoch + 1, pos.batch, pos.step);
+        eprintln!(
+            "resuming at epoch {}, batch {} (step {})",
+            pos.epoch + 1,
+            pos.batch,
+            pos.step
+        );
     }
     let interrupted = Arc::new(AtomicBool::new(false));
     {
@@ -278,16 +368,20 @@ pub fn fit(t: &mut Trainer, train: &Dataset, val: Option<&Dataset>, o: &FitOptio
     let steps_per_epoch = n.div_ceil(bs);
     let total = steps_per_epoch * o.epochs;
     let mut logs = vec![];
-    let save = |t: &Trainer, p: &Position| -> Result<()> { checkpoint::save(&ckpt, &t.download()?, Some(p), &[]) };
+    let save = |t: &Trainer, p: &Position| -> Result<()> {
+        checkpoint::save(&ckpt, &t.download()?, Some(p), &[])
+    };
     while pos.epoch < o.epochs {
         let order = epoch_order(n, o.seed, pos.epoch);
         let batches: Vec<&[usize]> = order.chunks(bs).collect();
         let bar = if o.progress {
             let b = indicatif::ProgressBar::new(batches.len() as u64);
             b.set_style(
-                indicatif::ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg}")
-                    .expect("template")
-                    .progress_chars("=> "),
+                indicatif::ProgressStyle::with_template(
+                    "epoch {prefix} [{bar:30}] {pos}/{len} {msg}",
+                )
+                .expect("template")
+                .progress_chars("=> "),
             );
             b.set_prefix(format!("{}/{}", pos.epoch + 1, o.epochs));
             b.set_position(pos.batch as u64);
@@ -298,14 +392,24 @@ pub fn fit(t: &mut Trainer, train: &Dataset, val: Option<&Dataset>, o: &FitOptio
         let start = Instant::now();
         let mut seen_now = 0usize;
         let mut lr = o.lr;
+        let mut extra_sums = vec![0.0f64; t.spec.extras.len()];
+        let mut extra_n = 0usize;
         while pos.batch < batches.len() {
             let chunk = batches[pos.batch];
             lr = o.schedule.lr(o.lr, pos.step, total, steps_per_epoch);
             let (x, shape, y) = train.batch(chunk);
-            let (loss, correct) = t.step(x, &shape, &y, lr, pos.step + 1)?;
+            let (loss, correct, extras) = t.step_with_extras(x, &shape, &y, lr, pos.step + 1)?;
+            for (s, v) in extra_sums.iter_mut().zip(&extras) {
+                *s += *v as f64;
+            }
+            extra_n += 1;
             if !loss.is_finite() {
                 bar.abandon();
-                let kept = if ckpt.is_file() { format!("the last good checkpoint is kept at {}", ckpt.display()) } else { "no checkpoint was written yet".into() };
+                let kept = if ckpt.is_file() {
+                    format!("the last good checkpoint is kept at {}", ckpt.display())
+                } else {
+                    "no checkpoint was written yet".into()
+                };
                 return Err(Error::msg(format!(
                     "the loss became {loss} at step {} (epoch {}, batch {}); training stopped and {kept}",
                     pos.step + 1,
@@ -321,8 +425,16 @@ pub fn fit(t: &mut Trainer, train: &Dataset, val: Option<&Dataset>, o: &FitOptio
             seen_now += chunk.len();
             bar.inc(1);
             let secs = start.elapsed().as_secs_f64().max(1e-9);
-            let acc = if t.spec.classification { format!(" acc {:.3}", pos.epoch_correct / pos.epoch_seen as f64) } else { String::new() };
-            bar.set_message(format!("loss {:.4}{acc} {:.0} samples/s", pos.epoch_loss_sum / pos.epoch_seen as f64, seen_now as f64 / secs));
+            let acc = if t.spec.classification {
+                format!(" acc {:.3}", pos.epoch_correct / pos.epoch_seen as f64)
+            } else {
+                String::new()
+            };
+            bar.set_message(format!(
+                "loss {:.4}{acc} {:.0} samples/s",
+                pos.epoch_loss_sum / pos.epoch_seen as f64,
+                seen_now as f64 / secs
+            ));
             if interrupted.load(Ordering::SeqCst) {
                 bar.abandon();
                 save(t, &pos)?;
@@ -339,10 +451,15 @@ pub fn fit(t: &mut Trainer, train: &Dataset, val: Option<&Dataset>, o: &FitOptio
             Some(v) => {
                 let (logits, width, losses) = t.predict(v, 512)?;
                 let acc = match &v.y {
-                    Labels::Classes(y) if t.spec.classification => Some(crate::metrics::accuracy(&logits, width, y)),
+                    Labels::Classes(y) if t.spec.classification => {
+                        Some(crate::metrics::accuracy(&logits, width, y))
+                    }
                     _ => None,
                 };
-                (Some(losses.iter().map(|&l| l as f64).sum::<f64>() / losses.len() as f64), acc)
+                (
+                    Some(losses.iter().map(|&l| l as f64).sum::<f64>() / losses.len() as f64),
+                    acc,
+                )
             }
             None => (None, None),
         };
@@ -351,11 +468,21 @@ pub fn fit(t: &mut Trainer, train: &Dataset, val: Option<&Dataset>, o: &FitOptio
             step: pos.step,
             lr,
             train_loss: pos.epoch_loss_sum / pos.epoch_seen.max(1) as f64,
-            train_accuracy: t.spec.classification.then(|| pos.epoch_correct / pos.epoch_seen.max(1) as f64),
+            train_accuracy: t
+                .spec
+                .classification
+                .then(|| pos.epoch_correct / pos.epoch_seen.max(1) as f64),
             val_loss,
             val_accuracy,
             samples_per_second: seen_now as f64 / secs.max(1e-9),
             seconds: secs,
+            diagnostics: t
+                .spec
+                .extras
+                .iter()
+                .zip(&extra_sums)
+                .map(|(k, s)| (k.clone(), s / extra_n.max(1) as f64))
+                .collect(),
         };
         if o.progress {
             eprintln!(
@@ -363,7 +490,9 @@ pub fn fit(t: &mut Trainer, train: &Dataset, val: Option<&Dataset>, o: &FitOptio
                 log.epoch,
                 o.epochs,
                 log.train_loss,
-                log.train_accuracy.map(|a| format!(" acc {a:.4}")).unwrap_or_default(),
+                log.train_accuracy
+                    .map(|a| format!(" acc {a:.4}"))
+                    .unwrap_or_default(),
                 match (log.val_loss, log.val_accuracy) {
                     (Some(l), Some(a)) => format!(", val loss {l:.4} acc {a:.4}"),
                     (Some(l), None) => format!(", val loss {l:.4}"),
@@ -371,7 +500,12 @@ pub fn fit(t: &mut Trainer, train: &Dataset, val: Option<&Dataset>, o: &FitOptio
                 }
             );
         }
-        pos = Position { epoch: pos.epoch + 1, batch: 0, step: pos.step, ..Default::default() };
+        pos = Position {
+            epoch: pos.epoch + 1,
+            batch: 0,
+            step: pos.step,
+            ..Default::default()
+        };
         save(t, &pos)?;
         append_log(&o.run_dir.join(METRICS), &log)?;
         logs.push(log);

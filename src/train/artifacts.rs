@@ -10,6 +10,7 @@ use crate::error::{Error, Result};
 use crate::ir::infer::infer;
 use crate::ir::{Builder, Graph};
 use crate::proto::{DataType, Dim, ModelProto, NodeExt, TensorProto, attr_int, value_info};
+use crate::regularizers::{LambdaMode, Regularizer};
 use crate::train::grad::glob_match;
 use crate::train::loss::{LossKind, add_loss, find_logits};
 use crate::train::recipe::Recipe;
@@ -43,6 +44,8 @@ pub struct Artifacts {
     pub logits: String,
     /// Number of classes (cross-entropy) or output width, when known statically.
     pub classes: Option<i64>,
+    /// Scalar diagnostics of the training step (regularizer value, Ĵ, λ*), logged per epoch.
+    pub extras: Vec<String>,
 }
 
 /// Names of the scalar inputs and outputs of `train_step.onnx`.
@@ -52,6 +55,8 @@ pub const LOSS: &str = "loss";
 pub const CORRECT: &str = "correct";
 pub const LABELS: &str = "labels";
 pub const PER_SAMPLE: &str = "per_sample_loss";
+/// Optional eval output: the inverse-rate regularizer's implicit per-sample weights.
+pub const IR_WEIGHTS: &str = "inverse_rate.weights";
 
 /// BatchNormalization nodes in training mode: (running mean, running var) initializer
 /// names with the outputs that carry their updates.
@@ -94,7 +99,16 @@ fn lift(g: &mut Graph, names: &[String]) -> Vec<TensorProto> {
         g.inputs.push(value_info(t.name(), t.data_type(), &dims));
     }
     // Keep the order of `names`.
-    names.iter().map(|n| lifted.iter().find(|t| t.name() == n).expect("lifted").clone()).collect()
+    names
+        .iter()
+        .map(|n| {
+            lifted
+                .iter()
+                .find(|t| t.name() == n)
+                .expect("lifted")
+                .clone()
+        })
+        .collect()
 }
 
 /// Put BatchNormalization and Dropout in inference mode.
@@ -117,7 +131,12 @@ pub fn to_inference(g: &mut Graph) {
 fn data_input(g: &Graph) -> Result<(String, Vec<Dim>)> {
     let ins: Vec<_> = g.real_inputs().collect();
     match ins.as_slice() {
-        [one] => Ok((one.name().to_string(), crate::proto::tensor_type(one).and_then(|t| t.1).unwrap_or_default())),
+        [one] => Ok((
+            one.name().to_string(),
+            crate::proto::tensor_type(one)
+                .and_then(|t| t.1)
+                .unwrap_or_default(),
+        )),
         _ => Err(Error::msg(format!(
             "regraft trains models with exactly one data input; this one has {}",
             ins.iter().map(|i| i.name()).collect::<Vec<_>>().join(", ")
@@ -131,64 +150,141 @@ pub fn build(model: &ModelProto, recipe: &Recipe) -> Result<Artifacts> {
     let opt = &recipe.optimizer;
     // ---- train_step.onnx
     let mut g = Graph::from_model(model.clone());
+    // Parameters come from the model's own initializers, never from constants a rewrite adds.
+    let original: HashSet<String> = g
+        .initializers
+        .iter()
+        .map(|t| t.name().to_string())
+        .collect();
     let (input, input_dims) = data_input(&g)?;
     let logits = find_logits(&g, recipe.logits.as_deref())?;
     let head = add_loss(&mut g, recipe.loss, &logits)?;
     if head.labels != LABELS || head.loss != LOSS {
-        return Err(Error::msg("the model already uses the names 'labels' or 'loss'; rename them before training"));
+        return Err(Error::msg(
+            "the model already uses the names 'labels' or 'loss'; rename them before training",
+        ));
+    }
+    let mut diag: Vec<(String, String)> = vec![];
+    if let Regularizer::InverseRate(ir) = &recipe.regularizer {
+        if ir.lambda_mode == LambdaMode::Validated {
+            return Err(Error::flag(
+                "--lambda-mode validated",
+                "is not available yet in this version; use fixed or grid",
+            ));
+        }
+        let o =
+            crate::regularizers::inverse_rate::rewrite(&mut g, ir, LOSS, &head.per_sample, None)?;
+        diag = vec![
+            ("inverse_rate.reg".into(), o.reg),
+            ("inverse_rate.J".into(), o.j),
+            ("inverse_rate.lambda".into(), o.lambda),
+        ];
     }
     for f in &recipe.freeze {
         if !g.initializers.iter().any(|t| glob_match(f, t.name())) {
-            return Err(Error::flag("--freeze", format!("the pattern '{f}' matches no initializer")));
+            return Err(Error::flag(
+                "--freeze",
+                format!("the pattern '{f}' matches no initializer"),
+            ));
         }
     }
     let params: Vec<String> = trainable_initializers(&g, &[LOSS])
         .into_iter()
-        .filter(|p| !recipe.freeze.iter().any(|f| glob_match(f, p)))
+        .filter(|p| original.contains(p) && !recipe.freeze.iter().any(|f| glob_match(f, p)))
         .collect();
     if params.is_empty() {
-        return Err(Error::msg("the model has no trainable parameter on a path to the loss"));
+        return Err(Error::msg(
+            "the model has no trainable parameter on a path to the loss",
+        ));
     }
     let buffers = bn_buffers(&g);
     let grads = differentiate(&mut g, LOSS, &params)?;
     let types = infer(&g);
-    let classes = types.shape(&logits).and_then(|s| s.get(1).copied().flatten());
+    let classes = types
+        .shape(&logits)
+        .and_then(|s| s.get(1).copied().flatten());
     let ptensors = lift(&mut g, &params);
     let bnames: Vec<String> = buffers.iter().map(|(b, _)| b.clone()).collect();
     let btensors = lift(&mut g, &bnames);
     let mut state = vec![];
     let mut b = Builder::new(&g, "optimizer");
     b.prefix = "optim/".into();
-    b.patch.add_inputs.push(value_info(LR, DataType::Float as i32, &[]));
-    b.patch.add_inputs.push(value_info(STEP, DataType::Float as i32, &[]));
+    b.patch
+        .add_inputs
+        .push(value_info(LR, DataType::Float as i32, &[]));
+    b.patch
+        .add_inputs
+        .push(value_info(STEP, DataType::Float as i32, &[]));
     let grads = opt.clip(&mut b, &grads);
     let mut outputs = vec![value_info(LOSS, DataType::Float as i32, &[])];
     if recipe.loss == LossKind::CrossEntropy {
-        let am = b.op_a("ArgMax", &[&logits], vec![attr_int("axis", 1), attr_int("keepdims", 0)]);
+        let am = b.op_a(
+            "ArgMax",
+            &[&logits],
+            vec![attr_int("axis", 1), attr_int("keepdims", 0)],
+        );
         let eq = b.op("Equal", &[&am, LABELS]);
         let f = b.op_a("Cast", &[&eq], vec![attr_int("to", DataType::Float as i64)]);
         let s = b.op_a("ReduceSum", &[&f], vec![attr_int("keepdims", 0)]);
         b.node_to("Identity", &[&s], &[CORRECT], vec![]);
         outputs.push(value_info(CORRECT, DataType::Float as i32, &[]));
     }
+    for (name, v) in &diag {
+        b.node_to("Identity", &[v], &[name], vec![]);
+        outputs.push(value_info(name, DataType::Float as i32, &[]));
+    }
     for ((p, gname), t) in params.iter().zip(&grads).zip(&ptensors) {
         if t.data_type() != DataType::Float as i32 {
-            return Err(Error::msg(format!("parameter '{p}' is {}; regraft trains float32 parameters", crate::proto::dtype_name(t.data_type()))));
+            return Err(Error::msg(format!(
+                "parameter '{p}' is {}; regraft trains float32 parameters",
+                crate::proto::dtype_name(t.data_type())
+            )));
         }
         let dims: Vec<Dim> = t.dims.iter().map(|&d| Dim::Fixed(d)).collect();
         let slots = opt.slots(p);
         let p_out = b.fresh_exact(&format!("{p}_new"));
-        let slot_outs: Vec<String> = slots.iter().map(|s| b.fresh_exact(&format!("{s}_new"))).collect();
+        let slot_outs: Vec<String> = slots
+            .iter()
+            .map(|s| b.fresh_exact(&format!("{s}_new")))
+            .collect();
         for s in &slots {
-            b.patch.add_inputs.push(value_info(s, DataType::Float as i32, &dims));
+            b.patch
+                .add_inputs
+                .push(value_info(s, DataType::Float as i32, &dims));
         }
-        opt.update(&mut b, p, gname, t.dims.len(), LR, STEP, &slots, &p_out, &slot_outs);
+        opt.update(
+            &mut b,
+            p,
+            gname,
+            t.dims.len(),
+            LR,
+            STEP,
+            &slots,
+            &p_out,
+            &slot_outs,
+        );
         outputs.push(value_info(&p_out, DataType::Float as i32, &dims));
-        state.push(StateEntry { name: p.clone(), output: p_out, kind: StateKind::Param, dims: t.dims.clone(), init: t.clone() });
+        state.push(StateEntry {
+            name: p.clone(),
+            output: p_out,
+            kind: StateKind::Param,
+            dims: t.dims.clone(),
+            init: t.clone(),
+        });
         for (s, so) in slots.iter().zip(slot_outs) {
             outputs.push(value_info(&so, DataType::Float as i32, &dims));
-            let zeros = crate::proto::tensor::<f32>(s, &t.dims, &vec![0.0; crate::proto::numel(t) as usize]);
-            state.push(StateEntry { name: s.clone(), output: so, kind: StateKind::Slot, dims: t.dims.clone(), init: zeros });
+            let zeros = crate::proto::tensor::<f32>(
+                s,
+                &t.dims,
+                &vec![0.0; crate::proto::numel(t) as usize],
+            );
+            state.push(StateEntry {
+                name: s.clone(),
+                output: so,
+                kind: StateKind::Slot,
+                dims: t.dims.clone(),
+                init: zeros,
+            });
         }
     }
     for ((bn, out), t) in buffers.iter().zip(&btensors) {
@@ -196,7 +292,13 @@ pub fn build(model: &ModelProto, recipe: &Recipe) -> Result<Artifacts> {
         b.node_to("Identity", &[out], &[&o], vec![]);
         let dims: Vec<Dim> = t.dims.iter().map(|&d| Dim::Fixed(d)).collect();
         outputs.push(value_info(&o, t.data_type(), &dims));
-        state.push(StateEntry { name: bn.clone(), output: o, kind: StateKind::Buffer, dims: t.dims.clone(), init: t.clone() });
+        state.push(StateEntry {
+            name: bn.clone(),
+            output: o,
+            kind: StateKind::Buffer,
+            dims: t.dims.clone(),
+            init: t.clone(),
+        });
     }
     let patch = b.finish();
     g.apply(patch)?;
@@ -208,19 +310,67 @@ pub fn build(model: &ModelProto, recipe: &Recipe) -> Result<Artifacts> {
     let mut e = Graph::from_model(model.clone());
     to_inference(&mut e);
     let eh = add_loss(&mut e, recipe.loss, &logits)?;
-    let names: Vec<String> = state.iter().filter(|s| s.kind != StateKind::Slot).map(|s| s.name.clone()).collect();
+    let names: Vec<String> = state
+        .iter()
+        .filter(|s| s.kind != StateKind::Slot)
+        .map(|s| s.name.clone())
+        .collect();
     lift(&mut e, &names);
     let mut b = Builder::new(&e, "eval");
     b.node_to("Identity", &[&eh.per_sample], &[PER_SAMPLE], vec![]);
+    let mut eval_extra = vec![];
+    if let Regularizer::InverseRate(ir) = &recipe.regularizer {
+        // The implicit per-sample weights w_i = 1 − p_i^λ / mean(p^λ), p_i = e^{−ℓ_i}.
+        let lam = b.scalar_of(DataType::Float as i32, ir.lambda);
+        let neg = b.op("Neg", &[&eh.per_sample]);
+        let z = b.op("Mul", &[&neg, &lam]);
+        let pl = b.op("Exp", &[&z]);
+        let m = crate::train::loss::reduce_mean(&mut b, e.opset(), &pl, &[0]);
+        let q = b.op("Div", &[&pl, &m]);
+        let one = b.scalar_of(DataType::Float as i32, 1.0);
+        b.node_to("Sub", &[&one, &q], &[IR_WEIGHTS], vec![]);
+        eval_extra.push(value_info(
+            IR_WEIGHTS,
+            DataType::Float as i32,
+            &[Dim::Param("N".into())],
+        ));
+    }
     let patch = b.finish();
     e.apply(patch)?;
     let ldt = types.dtype(&logits).unwrap_or(DataType::Float as i32);
     let lshape: Vec<Dim> = types
         .shape(&logits)
-        .map(|s| s.iter().enumerate().map(|(i, d)| d.filter(|_| i > 0).map(Dim::Fixed).unwrap_or(Dim::Param("N".into()))).collect())
+        .map(|s| {
+            s.iter()
+                .enumerate()
+                .map(|(i, d)| {
+                    d.filter(|_| i > 0)
+                        .map(Dim::Fixed)
+                        .unwrap_or(Dim::Param("N".into()))
+                })
+                .collect()
+        })
         .unwrap_or_default();
-    e.outputs = vec![value_info(&logits, ldt, &lshape), value_info(PER_SAMPLE, DataType::Float as i32, &[Dim::Param("N".into())])];
+    e.outputs = vec![
+        value_info(&logits, ldt, &lshape),
+        value_info(
+            PER_SAMPLE,
+            DataType::Float as i32,
+            &[Dim::Param("N".into())],
+        ),
+    ];
+    e.outputs.extend(eval_extra);
     e.remove_dead();
     e.check("eval")?;
-    Ok(Artifacts { train: g, eval: e, state, input, input_dims, logits, classes })
+    let extras = diag.into_iter().map(|(n, _)| n).collect();
+    Ok(Artifacts {
+        train: g,
+        eval: e,
+        state,
+        input,
+        input_dims,
+        logits,
+        classes,
+        extras,
+    })
 }

@@ -7,12 +7,13 @@ use crate::ir::Graph;
 use crate::proto::{ModelProto, value_info};
 use crate::train::loss::{LossHead, LossKind, add_loss, find_logits};
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct GradOptions {
     pub loss: LossKind,
     pub logits: Option<String>,
     /// Glob patterns (`*`, `?`) of parameters to keep fixed.
     pub freeze: Vec<String>,
+    pub regularizer: crate::regularizers::Regularizer,
 }
 
 /// What [`grad_graph`] built.
@@ -52,15 +53,33 @@ pub fn glob_match(pat: &str, s: &str) -> bool {
 /// Forward + loss + backward. The graph's outputs become `loss` and the gradients.
 pub fn grad_graph(model: ModelProto, opts: &GradOptions) -> Result<GradGraph> {
     let mut g = Graph::from_model(model);
+    // Parameters come from the model's own initializers, never from constants a rewrite adds.
+    let original: std::collections::HashSet<String> = g
+        .initializers
+        .iter()
+        .map(|t| t.name().to_string())
+        .collect();
     let logits = find_logits(&g, opts.logits.as_deref())?;
     let head = add_loss(&mut g, opts.loss, &logits)?;
+    if let crate::regularizers::Regularizer::InverseRate(ir) = &opts.regularizer {
+        if ir.lambda_mode == crate::regularizers::LambdaMode::Validated {
+            return Err(Error::flag(
+                "--lambda-mode",
+                "validated λ is learned during training; check a fixed λ with regraft grad",
+            ));
+        }
+        crate::regularizers::inverse_rate::rewrite(&mut g, ir, &head.loss, &head.per_sample, None)?;
+    }
     let params: Vec<String> = trainable_initializers(&g, &[&head.loss])
         .into_iter()
-        .filter(|p| !opts.freeze.iter().any(|f| glob_match(f, p)))
+        .filter(|p| original.contains(p) && !opts.freeze.iter().any(|f| glob_match(f, p)))
         .collect();
     for f in &opts.freeze {
         if !g.initializers.iter().any(|t| glob_match(f, t.name())) {
-            return Err(Error::flag("--freeze", format!("the pattern '{f}' matches no initializer")));
+            return Err(Error::flag(
+                "--freeze",
+                format!("the pattern '{f}' matches no initializer"),
+            ));
         }
     }
     let grads = differentiate(&mut g, &head.loss, &params)?;
@@ -71,13 +90,21 @@ pub fn grad_graph(model: ModelProto, opts: &GradOptions) -> Result<GradGraph> {
     let mut outputs = vec![loss_vi];
     for (p, gname) in params.iter().zip(&grads) {
         let t = g.initializer(p).expect("a parameter is an initializer");
-        let dims: Vec<crate::proto::Dim> = t.dims.iter().map(|&d| crate::proto::Dim::Fixed(d)).collect();
+        let dims: Vec<crate::proto::Dim> = t
+            .dims
+            .iter()
+            .map(|&d| crate::proto::Dim::Fixed(d))
+            .collect();
         outputs.push(value_info(gname, t.data_type(), &dims));
     }
     g.outputs = outputs;
     g.remove_dead();
     g.check("grad")?;
-    Ok(GradGraph { graph: g, head, grads: params.into_iter().zip(grads).collect() })
+    Ok(GradGraph {
+        graph: g,
+        head,
+        grads: params.into_iter().zip(grads).collect(),
+    })
 }
 
 #[cfg(test)]

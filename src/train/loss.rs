@@ -9,9 +9,20 @@ use crate::ir::infer::infer;
 use crate::ir::{Builder, Graph};
 use crate::proto::{DataType, Dim, attr_int, attr_ints, is_float, tensor_type, value_info};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum LossKind {
+    #[default]
     CrossEntropy,
     Mse,
 }
@@ -29,9 +40,13 @@ pub struct LossHead {
 /// The graph's logits: `name` if given, else its only floating-point output.
 pub fn find_logits(g: &Graph, name: Option<&str>) -> Result<String> {
     if let Some(n) = name {
-        let produced = g.nodes.iter().any(|x| x.output.iter().any(|o| o == n)) || g.outputs.iter().any(|o| o.name() == n);
+        let produced = g.nodes.iter().any(|x| x.output.iter().any(|o| o == n))
+            || g.outputs.iter().any(|o| o.name() == n);
         if !produced {
-            return Err(Error::flag("--logits", format!("the model has no value named '{n}'")));
+            return Err(Error::flag(
+                "--logits",
+                format!("the model has no value named '{n}'"),
+            ));
         }
         return Ok(n.to_string());
     }
@@ -43,10 +58,15 @@ pub fn find_logits(g: &Graph, name: Option<&str>) -> Result<String> {
         .collect();
     match floats.as_slice() {
         [one] => Ok(one.to_string()),
-        [] => Err(Error::msg("the model has no floating-point output to use as logits")),
+        [] => Err(Error::msg(
+            "the model has no floating-point output to use as logits",
+        )),
         many => Err(Error::flag(
             "--logits",
-            format!("the model has several floating-point outputs ({}); name the logits", many.join(", ")),
+            format!(
+                "the model has several floating-point outputs ({}); name the logits",
+                many.join(", ")
+            ),
         )),
     }
 }
@@ -57,7 +77,11 @@ pub(crate) fn reduce_mean(b: &mut Builder, opset: i64, x: &str, axes: &[i64]) ->
         let a = b.ints(axes);
         b.op_a("ReduceMean", &[x, &a], vec![attr_int("keepdims", 0)])
     } else {
-        b.op_a("ReduceMean", &[x], vec![attr_ints("axes", axes), attr_int("keepdims", 0)])
+        b.op_a(
+            "ReduceMean",
+            &[x],
+            vec![attr_ints("axes", axes), attr_int("keepdims", 0)],
+        )
     }
 }
 
@@ -65,10 +89,16 @@ pub(crate) fn reduce_mean(b: &mut Builder, opset: i64, x: &str, axes: &[i64]) ->
 pub fn add_loss(g: &mut Graph, kind: LossKind, logits: &str) -> Result<LossHead> {
     let types = infer(g);
     let lt = types.get(logits).cloned();
-    let dt = lt.as_ref().map(|t| t.dtype).unwrap_or(DataType::Float as i32);
+    let dt = lt
+        .as_ref()
+        .map(|t| t.dtype)
+        .unwrap_or(DataType::Float as i32);
     let rank = lt.as_ref().and_then(|t| t.rank());
     if rank.is_some_and(|r| r != 2) {
-        return Err(Error::msg(format!("the logits '{logits}' have rank {}, regraft's loss heads expect [N, C]", rank.unwrap_or(0))));
+        return Err(Error::msg(format!(
+            "the logits '{logits}' have rank {}, regraft's loss heads expect [N, C]",
+            rank.unwrap_or(0)
+        )));
     }
     let opset = g.opset();
     let labels = g.names.fresh("labels");
@@ -85,21 +115,32 @@ pub fn add_loss(g: &mut Graph, kind: LossKind, logits: &str) -> Result<LossHead>
             } else {
                 b.constant::<f32>(&[2], &[0.0, 1.0])
             };
-            let oh = b.op_a("OneHot", &[&labels, &depth, &vals], vec![attr_int("axis", -1)]);
+            let oh = b.op_a(
+                "OneHot",
+                &[&labels, &depth, &vals],
+                vec![attr_int("axis", -1)],
+            );
             let picked = b.op("Mul", &[&logp, &oh]);
             let s = b.op_a("ReduceSum", &[&picked, &one], vec![attr_int("keepdims", 0)]);
             let per = b.op("Neg", &[&s]);
-            (per, value_info(&labels, DataType::Int64 as i32, &[Dim::Param("N".into())]))
+            (
+                per,
+                value_info(&labels, DataType::Int64 as i32, &[Dim::Param("N".into())]),
+            )
         }
         LossKind::Mse => {
             let d = b.op("Sub", &[logits, &labels]);
             let sq = b.op("Mul", &[&d, &d]);
             let per = reduce_mean(&mut b, opset, &sq, &[1]);
             let dims = match lt.as_ref().and_then(|t| t.shape.clone()) {
-                Some(s) => s.into_iter().enumerate().map(|(i, d)| match d {
-                    Some(v) if i > 0 => Dim::Fixed(v),
-                    _ => Dim::Param(if i == 0 { "N".into() } else { format!("d{i}") }),
-                }).collect(),
+                Some(s) => s
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, d)| match d {
+                        Some(v) if i > 0 => Dim::Fixed(v),
+                        _ => Dim::Param(if i == 0 { "N".into() } else { format!("d{i}") }),
+                    })
+                    .collect(),
                 None => vec![Dim::Param("N".into()), Dim::Param("C".into())],
             };
             (per, value_info(&labels, dt, &dims))
@@ -110,5 +151,9 @@ pub fn add_loss(g: &mut Graph, kind: LossKind, logits: &str) -> Result<LossHead>
     b.node_to("Identity", &[&m], &[&loss_name], vec![]);
     b.patch.add_inputs.push(label_vi);
     g.apply(b.finish())?;
-    Ok(LossHead { labels, per_sample, loss: loss_name })
+    Ok(LossHead {
+        labels,
+        per_sample,
+        loss: loss_name,
+    })
 }

@@ -80,7 +80,9 @@ impl OptimizerConfig {
 
     /// Global-norm clipping: returns the scaled gradients (or the inputs unchanged).
     pub fn clip(&self, b: &mut Builder, grads: &[String]) -> Vec<String> {
-        let Some(max) = self.clip_norm else { return grads.to_vec() };
+        let Some(max) = self.clip_norm else {
+            return grads.to_vec();
+        };
         let sq: Vec<String> = grads
             .iter()
             .map(|g| {
@@ -89,7 +91,11 @@ impl OptimizerConfig {
             })
             .collect();
         let refs: Vec<&str> = sq.iter().map(String::as_str).collect();
-        let total = if refs.len() == 1 { sq[0].clone() } else { b.op("Sum", &refs) };
+        let total = if refs.len() == 1 {
+            sq[0].clone()
+        } else {
+            b.op("Sum", &refs)
+        };
         let norm = b.op("Sqrt", &[&total]);
         let tiny = b.scalar_of(1, 1e-6);
         let den = b.op("Add", &[&norm, &tiny]);
@@ -115,7 +121,11 @@ impl OptimizerConfig {
         p_out: &str,
         slot_outs: &[String],
     ) {
-        let wd = if self.no_decay_1d && rank <= 1 { 0.0 } else { self.weight_decay };
+        let wd = if self.no_decay_1d && rank <= 1 {
+            0.0
+        } else {
+            self.weight_decay
+        };
         let one = b.scalar_of(1, 1.0);
         match self.kind {
             OptimizerKind::Sgd => {
@@ -149,8 +159,14 @@ impl OptimizerConfig {
                 b.node_to("Sub", &[&p_cur, &step], &[p_out], vec![]);
             }
             OptimizerKind::Adamw => {
-                let (b1, b2) = (b.scalar_of(1, self.beta1 as f64), b.scalar_of(1, self.beta2 as f64));
-                let (c1, c2) = (b.scalar_of(1, 1.0 - self.beta1 as f64), b.scalar_of(1, 1.0 - self.beta2 as f64));
+                let (b1, b2) = (
+                    b.scalar_of(1, self.beta1 as f64),
+                    b.scalar_of(1, self.beta2 as f64),
+                );
+                let (c1, c2) = (
+                    b.scalar_of(1, 1.0 - self.beta1 as f64),
+                    b.scalar_of(1, 1.0 - self.beta2 as f64),
+                );
                 let m1 = b.op("Mul", &[&slots[0], &b1]);
                 let m2 = b.op("Mul", &[g, &c1]);
                 b.node_to("Add", &[&m1, &m2], &[&slot_outs[0]], vec![]);
@@ -190,9 +206,14 @@ impl OptimizerConfig {
 pub enum Schedule {
     Constant,
     /// Multiply by `gamma` every `step_size` epochs.
-    Step { step_size: usize, gamma: f32 },
+    Step {
+        step_size: usize,
+        gamma: f32,
+    },
     /// Linear warmup over `warmup_steps`, then cosine decay to 0 at the last step.
-    Cosine { warmup_steps: usize },
+    Cosine {
+        warmup_steps: usize,
+    },
 }
 
 impl Default for Schedule {
@@ -230,7 +251,10 @@ mod tests {
     #[test]
     fn schedules() {
         assert_eq!(Schedule::Constant.lr(0.1, 50, 100, 10), 0.1);
-        let s = Schedule::Step { step_size: 2, gamma: 0.5 };
+        let s = Schedule::Step {
+            step_size: 2,
+            gamma: 0.5,
+        };
         assert_eq!(s.lr(1.0, 19, 100, 10), 1.0);
         assert_eq!(s.lr(1.0, 20, 100, 10), 0.5);
         let c = Schedule::Cosine { warmup_steps: 10 };

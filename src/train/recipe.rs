@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::loss::LossKind;
 use super::optim::{OptimizerConfig, Schedule};
 use crate::error::{Context, Error, Result};
+use crate::regularizers::Regularizer;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -23,6 +24,7 @@ pub struct Recipe {
     pub seed: u64,
     pub optimizer: OptimizerConfig,
     pub schedule: Schedule,
+    pub regularizer: Regularizer,
 }
 
 impl Default for Recipe {
@@ -37,6 +39,7 @@ impl Default for Recipe {
             seed: 0,
             optimizer: OptimizerConfig::default(),
             schedule: Schedule::Constant,
+            regularizer: Regularizer::None,
         }
     }
 }
@@ -52,13 +55,19 @@ impl Recipe {
     /// Reject settings that cannot work, naming the field.
     pub fn validate(&self) -> Result<()> {
         if !(self.lr.is_finite() && self.lr > 0.0) {
-            return Err(Error::flag("--lr", format!("must be a positive number, not {}", self.lr)));
+            return Err(Error::flag(
+                "--lr",
+                format!("must be a positive number, not {}", self.lr),
+            ));
         }
         if self.batch_size == 0 {
             return Err(Error::flag("--batch-size", "must be at least 1"));
         }
         if !(0.0..1.0).contains(&self.optimizer.momentum) {
             return Err(Error::flag("optimizer.momentum", "must be in [0, 1)"));
+        }
+        if let Regularizer::InverseRate(ir) = &self.regularizer {
+            ir.validate()?;
         }
         Ok(())
     }

@@ -39,7 +39,9 @@ fn geometry(c: &GradCtx) -> Result<Geo> {
         None => c
             .shape(&w)
             .and_then(|s| s[2..].iter().copied().collect::<Option<Vec<i64>>>())
-            .ok_or_else(|| c.err("the kernel size is unknown (no kernel_shape and no static weight shape)"))?,
+            .ok_or_else(|| {
+                c.err("the kernel size is unknown (no kernel_shape and no static weight shape)")
+            })?,
     };
     let s = c.attr_ints("strides").unwrap_or(vec![1; nd]);
     let d = c.attr_ints("dilations").unwrap_or(vec![1; nd]);
@@ -48,10 +50,13 @@ fn geometry(c: &GradCtx) -> Result<Geo> {
         "NOTSET" | "" => c.attr_ints("pads").unwrap_or(vec![0; 2 * nd]),
         "VALID" => vec![0; 2 * nd],
         "SAME_UPPER" | "SAME_LOWER" => {
-            let xs = c.shape(&x).ok_or_else(|| c.err("auto_pad SAME needs the input's spatial size"))?;
+            let xs = c
+                .shape(&x)
+                .ok_or_else(|| c.err("auto_pad SAME needs the input's spatial size"))?;
             let mut p = vec![0; 2 * nd];
             for i in 0..nd {
-                let h = xs[2 + i].ok_or_else(|| c.err("auto_pad SAME needs the input's spatial size"))?;
+                let h = xs[2 + i]
+                    .ok_or_else(|| c.err("auto_pad SAME needs the input's spatial size"))?;
                 let o = (h + s[i] - 1) / s[i];
                 let total = ((o - 1) * s[i] + d[i] * (k[i] - 1) + 1 - h).max(0);
                 let (small, big) = (total / 2, total - total / 2);
@@ -67,7 +72,14 @@ fn geometry(c: &GradCtx) -> Result<Geo> {
         }
         other => return Err(c.err(format!("unknown auto_pad '{other}'"))),
     };
-    Ok(Geo { nd, k, s, d, p, g: c.attr_i("group", 1) })
+    Ok(Geo {
+        nd,
+        k,
+        s,
+        d,
+        p,
+        g: c.attr_i("group", 1),
+    })
 }
 
 fn conv(c: &mut GradCtx) -> Out {
@@ -82,7 +94,11 @@ fn conv(c: &mut GradCtx) -> Out {
             .map(|i| {
                 let h = xs.as_ref()?[2 + i]?;
                 let ho = ys.as_ref()?[2 + i]?;
-                Some(h - ((ho - 1) * geo.s[i] - geo.p[i] - geo.p[nd + i] + geo.d[i] * (geo.k[i] - 1) + 1))
+                Some(
+                    h - ((ho - 1) * geo.s[i] - geo.p[i] - geo.p[nd + i]
+                        + geo.d[i] * (geo.k[i] - 1)
+                        + 1),
+                )
             })
             .collect();
         let attrs = |op: Vec<i64>| {
@@ -95,7 +111,11 @@ fn conv(c: &mut GradCtx) -> Out {
                 attr_ints("output_padding", &op),
             ]
         };
-        let valid = |op: &[i64]| op.iter().zip(geo.s.iter().zip(&geo.d)).all(|(&o, (&s, &d))| o >= 0 && o < s.max(d));
+        let valid = |op: &[i64]| {
+            op.iter()
+                .zip(geo.s.iter().zip(&geo.d))
+                .all(|(&o, (&s, &d))| o >= 0 && o < s.max(d))
+        };
         out[0] = Some(match stat {
             Some(op) if valid(&op) => c.op_a("ConvTranspose", &[&dy, &w], attrs(op)),
             _ => {

@@ -39,7 +39,9 @@ fn add(c: &mut GradCtx) -> Out {
 
 fn sum(c: &mut GradCtx) -> Out {
     let dy = c.dy0();
-    (0..c.node.input.len()).map(|i| to_input(c, &dy, i)).collect()
+    (0..c.node.input.len())
+        .map(|i| to_input(c, &dy, i))
+        .collect()
 }
 
 fn sub(c: &mut GradCtx) -> Out {

@@ -55,7 +55,9 @@ fn matmul(c: &mut GradCtx) -> Out {
     let ys = c.shape(&y);
     let batch_y: Option<Vec<Option<i64>>> = ys.map(|s| {
         let s = s.clone();
-        let k = s.len().saturating_sub(if ra == 1 || rb == 1 { 1 } else { 2 });
+        let k = s
+            .len()
+            .saturating_sub(if ra == 1 || rb == 1 { 1 } else { 2 });
         s[..k.min(ry - 2)].to_vec()
     });
     let mut out = vec![None, None];
@@ -92,14 +94,18 @@ fn reduce_batch(
         let xb = xs.as_ref().map(|s| s[..r2 - 2].to_vec());
         for k in 0..r2 - 2 {
             let dx = xb.as_ref().and_then(|v| v[k]);
-            let dyv = batch_y.as_ref().and_then(|v| v.get(lead + k).copied().flatten());
+            let dyv = batch_y
+                .as_ref()
+                .and_then(|v| v.get(lead + k).copied().flatten());
             match (dx, dyv) {
                 (Some(1), Some(1)) => {}
                 (Some(1), _) => axes.push((lead + k) as i64),
                 (Some(_), _) => {}
                 (None, _) => {
                     // Same symbolic dim as the output's batch dim? Then nothing to sum.
-                    let same = batch_y.as_ref().is_some_and(|v| v.get(lead + k).is_some_and(|d| d.is_none()))
+                    let same = batch_y
+                        .as_ref()
+                        .is_some_and(|v| v.get(lead + k).is_some_and(|d| d.is_none()))
                         && c.shape(x).is_some();
                     if !same {
                         dynamic = true;
@@ -119,7 +125,11 @@ fn reduce_batch(
         let s = c.reduce_sum(g, &axes, true);
         c.reshape_like(&s, x)
     };
-    Ok(if r != r2 { c.reshape_like(&res, x) } else { res })
+    Ok(if r != r2 {
+        c.reshape_like(&res, x)
+    } else {
+        res
+    })
 }
 
 fn gemm(c: &mut GradCtx) -> Out {
@@ -131,7 +141,11 @@ fn gemm(c: &mut GradCtx) -> Out {
         c.op_a(
             "Gemm",
             &[p, q],
-            vec![attr_float("alpha", alpha), attr_int("transA", t1 as i64), attr_int("transB", t2 as i64)],
+            vec![
+                attr_float("alpha", alpha),
+                attr_int("transA", t1 as i64),
+                attr_int("transB", t2 as i64),
+            ],
         )
     };
     let da = c.needs(0).then(|| match (ta, tb) {

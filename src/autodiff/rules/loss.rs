@@ -35,7 +35,11 @@ fn onehot_and_weights(c: &mut GradCtx) -> Result<(String, String)> {
     };
     let vals = c.b.constant::<f32>(&[2], &[0.0, 1.0]);
     let oh = c.op_a("OneHot", &[&y64, &depth, &vals], vec![attr_int("axis", -1)]);
-    let oh = if dt != DataType::Float as i32 { c.op_a("Cast", &[&oh], vec![attr_int("to", dt as i64)]) } else { oh };
+    let oh = if dt != DataType::Float as i32 {
+        c.op_a("Cast", &[&oh], vec![attr_int("to", dt as i64)])
+    } else {
+        oh
+    };
     let mut w: Option<String> = None;
     if c.has_x(2) {
         let wt = c.x(2);

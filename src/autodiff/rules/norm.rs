@@ -22,7 +22,14 @@ pub(crate) fn mean_keep(c: &mut GradCtx, x: &str, axes: &[i64]) -> String {
         let a = c.ints(axes);
         c.op_a("ReduceMean", &[x, &a], vec![attr_int("keepdims", 1)])
     } else {
-        c.op_a("ReduceMean", &[x], vec![crate::proto::attr_ints("axes", axes), attr_int("keepdims", 1)])
+        c.op_a(
+            "ReduceMean",
+            &[x],
+            vec![
+                crate::proto::attr_ints("axes", axes),
+                attr_int("keepdims", 1),
+            ],
+        )
     }
 }
 
@@ -106,7 +113,13 @@ fn layer_norm(c: &mut GradCtx) -> Out {
     let lead: Vec<i64> = (0..axis).collect();
     let (xhat, istd) = normalize(c, &x, &norm_axes, eps);
     let mut out = vec![None; c.node.input.len()];
-    let sum_lead = |c: &mut GradCtx, v: &str| if lead.is_empty() { v.to_string() } else { c.reduce_sum(v, &lead, false) };
+    let sum_lead = |c: &mut GradCtx, v: &str| {
+        if lead.is_empty() {
+            v.to_string()
+        } else {
+            c.reduce_sum(v, &lead, false)
+        }
+    };
     if c.needs(1) {
         let p = c.op("Mul", &[&dy, &xhat]);
         let s = sum_lead(c, &p);

@@ -9,7 +9,7 @@
 
 use crate::autodiff::{GradCtx, Registry};
 use crate::error::Result;
-use crate::proto::{attr_int, attr_ints, attr_string, attr_tensor, fill, DataType};
+use crate::proto::{DataType, attr_int, attr_ints, attr_string, attr_tensor, fill};
 
 type Out = Result<Vec<Option<String>>>;
 
@@ -31,7 +31,11 @@ fn max_pool(c: &mut GradCtx) -> Out {
     let one = c.ints(&[1]);
     let size1 = c.op("Reshape", &[&size, &one]);
     let dt = c.dtype(&x);
-    let z = if dt == DataType::Double as i32 { fill::<f64>(0.0) } else { fill::<f32>(0.0) };
+    let z = if dt == DataType::Double as i32 {
+        fill::<f64>(0.0)
+    } else {
+        fill::<f32>(0.0)
+    };
     let zeros = c.op_a("ConstantOfShape", &[&size1], vec![attr_tensor("value", z)]);
     let m1 = c.ints(&[-1]);
     let fi = c.op("Reshape", &[&idx, &m1]);
@@ -44,7 +48,9 @@ fn max_pool(c: &mut GradCtx) -> Out {
         let k = c.attr_ints("kernel_shape").unwrap_or_default();
         let s = c.attr_ints("strides").unwrap_or(vec![1; k.len()]);
         if k.iter().zip(&s).any(|(k, s)| k > s) {
-            return Err(c.err("MaxPool with overlapping windows needs opset 16 or later to be differentiated"));
+            return Err(c.err(
+                "MaxPool with overlapping windows needs opset 16 or later to be differentiated",
+            ));
         }
     }
     let sc = c.op_a("ScatterElements", &[&zeros, &fi, &fg], attrs);
@@ -55,17 +61,25 @@ fn average_pool(c: &mut GradCtx) -> Out {
     let (dy, x, y) = (c.dy0(), c.x(0), c.y(0));
     let r = c.rank(&x)?;
     let nd = r - 2;
-    let k = c.attr_ints("kernel_shape").ok_or_else(|| c.err("AveragePool without kernel_shape"))?;
+    let k = c
+        .attr_ints("kernel_shape")
+        .ok_or_else(|| c.err("AveragePool without kernel_shape"))?;
     let s = c.attr_ints("strides").unwrap_or(vec![1; nd]);
     let d = c.attr_ints("dilations").unwrap_or(vec![1; nd]);
     let auto = c.attr_s("auto_pad").unwrap_or_else(|| "NOTSET".into());
     if !matches!(auto.as_str(), "NOTSET" | "" | "VALID") {
-        return Err(c.err(format!("AveragePool with auto_pad {auto} is not supported; export with explicit pads")));
+        return Err(c.err(format!(
+            "AveragePool with auto_pad {auto} is not supported; export with explicit pads"
+        )));
     }
     if c.attr_i("ceil_mode", 0) != 0 {
         return Err(c.err("AveragePool with ceil_mode=1 is not supported"));
     }
-    let p = if auto == "VALID" { vec![0; 2 * nd] } else { c.attr_ints("pads").unwrap_or(vec![0; 2 * nd]) };
+    let p = if auto == "VALID" {
+        vec![0; 2 * nd]
+    } else {
+        c.attr_ints("pads").unwrap_or(vec![0; 2 * nd])
+    };
     let include_pad = c.attr_i("count_include_pad", 0) != 0;
     let c_dim = c
         .shape(&x)
@@ -77,15 +91,28 @@ fn average_pool(c: &mut GradCtx) -> Out {
         let n = c.scalar(&x, kk as f64);
         c.op("Div", &[&dy, &n])
     } else {
-        let ones_t = if c.dtype(&x) == DataType::Double as i32 { fill::<f64>(1.0) } else { fill::<f32>(1.0) };
+        let ones_t = if c.dtype(&x) == DataType::Double as i32 {
+            fill::<f64>(1.0)
+        } else {
+            fill::<f32>(1.0)
+        };
         let sx = c.shape_of(&x);
-        let ones = c.op_a("ConstantOfShape", &[&sx], vec![attr_tensor("value", ones_t)]);
+        let ones = c.op_a(
+            "ConstantOfShape",
+            &[&sx],
+            vec![attr_tensor("value", ones_t)],
+        );
         // A depthwise Conv of ones over ones counts each window's in-bounds elements.
         let w = ones_kernel(c, &x, c_dim, &k);
         let cnt = c.op_a(
             "Conv",
             &[&ones, &w],
-            vec![attr_ints("strides", &s), attr_ints("pads", &p), attr_ints("dilations", &d), attr_int("group", c_dim)],
+            vec![
+                attr_ints("strides", &s),
+                attr_ints("pads", &p),
+                attr_ints("dilations", &d),
+                attr_int("group", c_dim),
+            ],
         );
         c.op("Div", &[&dy, &cnt])
     };
@@ -137,7 +164,12 @@ fn global_average_pool(c: &mut GradCtx) -> Out {
     let (dy, x, y) = (c.dy0(), c.x(0), c.y(0));
     let sx = c.shape_of(&x);
     let e = c.op("Expand", &[&dy, &sx]);
-    let known = |v: &str| c.types.get(v).and_then(|t| t.static_shape()).map(|s| s.iter().product::<i64>());
+    let known = |v: &str| {
+        c.types
+            .get(v)
+            .and_then(|t| t.static_shape())
+            .map(|s| s.iter().product::<i64>())
+    };
     let n = match (known(&x), known(&y)) {
         (Some(a), Some(b)) if b > 0 => c.scalar(&x, (a / b) as f64),
         _ => {

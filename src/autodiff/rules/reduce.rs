@@ -21,7 +21,10 @@ fn axes(c: &GradCtx) -> Result<Option<Vec<i64>>> {
     let raw = if from_input {
         if c.has_x(1) {
             let a = c.x(1);
-            Some(c.const_ints(&a).ok_or_else(|| c.err(format!("the axes input '{a}' must be a constant")))?)
+            Some(
+                c.const_ints(&a)
+                    .ok_or_else(|| c.err(format!("the axes input '{a}' must be a constant")))?,
+            )
         } else {
             None
         }
@@ -41,7 +44,10 @@ fn axes(c: &GradCtx) -> Result<Option<Vec<i64>>> {
         Some(v) => {
             let x = c.x(0);
             let r = c.rank(&x)? as i64;
-            let mut v: Vec<i64> = v.into_iter().map(|a| if a < 0 { a + r } else { a }).collect();
+            let mut v: Vec<i64> = v
+                .into_iter()
+                .map(|a| if a < 0 { a + r } else { a })
+                .collect();
             v.sort_unstable();
             Ok(Some(v))
         }
@@ -71,7 +77,12 @@ fn reduce_sum(c: &mut GradCtx) -> Out {
 /// Number of elements reduced per output element, as a scalar of the input's type.
 fn count(c: &mut GradCtx) -> Result<String> {
     let (x, y) = (c.x(0), c.y(0));
-    let known = |v: &str| c.types.get(v).and_then(|t| t.static_shape()).map(|s| s.iter().product::<i64>());
+    let known = |v: &str| {
+        c.types
+            .get(v)
+            .and_then(|t| t.static_shape())
+            .map(|s| s.iter().product::<i64>())
+    };
     if let (Some(nx), Some(ny)) = (known(&x), known(&y))
         && ny > 0
     {

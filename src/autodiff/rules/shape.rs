@@ -34,7 +34,11 @@ fn identity(c: &mut GradCtx) -> Out {
 fn cast(c: &mut GradCtx) -> Out {
     let (dy, x) = (c.dy0(), c.x(0));
     let dt = c.dtype(&x);
-    let mut v = vec![Some(c.op_a("Cast", &[&dy], vec![attr_int("to", dt as i64)]))];
+    let mut v = vec![Some(c.op_a(
+        "Cast",
+        &[&dy],
+        vec![attr_int("to", dt as i64)],
+    ))];
     v.extend((1..c.node.input.len()).map(|_| None));
     Ok(v)
 }
@@ -67,7 +71,10 @@ fn sizes_along(c: &mut GradCtx, axis: i64) -> Result<String> {
         let x = c.x(i);
         let r = c.rank(&x)? as i64;
         let a = if axis < 0 { axis + r } else { axis };
-        known.push(c.shape(&x).and_then(|s| s.get(a as usize).copied().flatten()));
+        known.push(
+            c.shape(&x)
+                .and_then(|s| s.get(a as usize).copied().flatten()),
+        );
     }
     if let Some(k) = known.iter().copied().collect::<Option<Vec<i64>>>() {
         return Ok(c.ints(&k));
@@ -90,8 +97,13 @@ fn concat(c: &mut GradCtx) -> Out {
     let axis = c.attr_i("axis", 0);
     let sizes = sizes_along(c, axis)?;
     let n = c.node.input.len();
-    let outs = c.b.node_n("Split", &[&dy, &sizes], vec![attr_int("axis", axis)], n);
-    Ok(outs.into_iter().enumerate().map(|(i, o)| c.needs(i).then_some(o)).collect())
+    let outs =
+        c.b.node_n("Split", &[&dy, &sizes], vec![attr_int("axis", axis)], n);
+    Ok(outs
+        .into_iter()
+        .enumerate()
+        .map(|(i, o)| c.needs(i).then_some(o))
+        .collect())
 }
 
 fn split(c: &mut GradCtx) -> Out {
@@ -125,12 +137,22 @@ fn slice(c: &mut GradCtx) -> Out {
     let (starts, ends) = (c.x(1), c.x(2));
     let axes: Vec<i64> = if c.has_x(3) {
         let a = c.x(3);
-        c.const_ints(&a).ok_or_else(|| c.err("the axes of a differentiated Slice must be constant"))?
+        c.const_ints(&a)
+            .ok_or_else(|| c.err("the axes of a differentiated Slice must be constant"))?
     } else {
         let n = c.const_ints(&starts).map(|v| v.len()).unwrap_or(r);
         (0..n as i64).collect()
     };
-    let axes: Vec<usize> = axes.iter().map(|&a| if a < 0 { (a + r as i64) as usize } else { a as usize }).collect();
+    let axes: Vec<usize> = axes
+        .iter()
+        .map(|&a| {
+            if a < 0 {
+                (a + r as i64) as usize
+            } else {
+                a as usize
+            }
+        })
+        .collect();
     // Static pads when the sliced dims and bounds are known.
     let xs = c.shape(&x);
     let (sv, ev) = (c.const_ints(&starts), c.const_ints(&ends));
@@ -146,7 +168,13 @@ fn slice(c: &mut GradCtx) -> Out {
                 pads[r + a] = d - e.max(s);
             }
             let p = c.ints(&pads);
-            return Ok(vec![Some(c.op_a("Pad", &[&dy, &p], vec![attr_string("mode", "constant")])), None, None, None, None]);
+            return Ok(vec![
+                Some(c.op_a("Pad", &[&dy, &p], vec![attr_string("mode", "constant")])),
+                None,
+                None,
+                None,
+                None,
+            ]);
         }
     }
     // Dynamic pads: clamp starts/ends against the runtime dims.
@@ -169,8 +197,18 @@ fn slice(c: &mut GradCtx) -> Out {
     let ax_end = c.ints(&axes.iter().map(|&a| (a + r) as i64).collect::<Vec<_>>());
     let idx = c.op_a("Concat", &[&ax, &ax_end], vec![attr_int("axis", 0)]);
     let upd = c.op_a("Concat", &[&s, &after], vec![attr_int("axis", 0)]);
-    let pads = c.op_a("ScatterElements", &[&zeros, &idx, &upd], vec![attr_int("axis", 0)]);
-    Ok(vec![Some(c.op_a("Pad", &[&dy, &pads], vec![attr_string("mode", "constant")])), None, None, None, None])
+    let pads = c.op_a(
+        "ScatterElements",
+        &[&zeros, &idx, &upd],
+        vec![attr_int("axis", 0)],
+    );
+    Ok(vec![
+        Some(c.op_a("Pad", &[&dy, &pads], vec![attr_string("mode", "constant")])),
+        None,
+        None,
+        None,
+        None,
+    ])
 }
 
 fn gather(c: &mut GradCtx) -> Out {
@@ -181,15 +219,26 @@ fn gather(c: &mut GradCtx) -> Out {
     let axis = c.attr_i("axis", 0);
     let axis = if axis < 0 { axis + r } else { axis };
     if c.opset < 16 {
-        return Err(c.err("differentiating Gather needs opset 16 or later (ScatterND with reduction)"));
+        return Err(
+            c.err("differentiating Gather needs opset 16 or later (ScatterND with reduction)")
+        );
     }
     let ri = c.rank(&idx)? as i64;
     // Move the gathered axis to the front: data' = [D_axis, rest...].
-    let perm: Vec<i64> = std::iter::once(axis).chain((0..r).filter(|&a| a != axis)).collect();
+    let perm: Vec<i64> = std::iter::once(axis)
+        .chain((0..r).filter(|&a| a != axis))
+        .collect();
     // dY has shape data[:axis] + idx.shape + data[axis+1:]; bring the index dims to the front.
     let ry = r - 1 + ri;
-    let yperm: Vec<i64> = (axis..axis + ri).chain(0..axis).chain(axis + ri..ry).collect();
-    let dyt = if yperm.iter().enumerate().all(|(i, &p)| i as i64 == p) { dy.clone() } else { c.transpose(&dy, &yperm) };
+    let yperm: Vec<i64> = (axis..axis + ri)
+        .chain(0..axis)
+        .chain(axis + ri..ry)
+        .collect();
+    let dyt = if yperm.iter().enumerate().all(|(i, &p)| i as i64 == p) {
+        dy.clone()
+    } else {
+        c.transpose(&dy, &yperm)
+    };
     let flat_i = c.ints(&[-1, 1]);
     let idx2 = c.op("Reshape", &[&idx, &flat_i]);
     // Updates: [M, rest...] where rest = data dims except the axis.
@@ -203,14 +252,30 @@ fn gather(c: &mut GradCtx) -> Out {
     // has no inferred type, and zeros_like would default to float32).
     let perm_c = c.ints(&perm);
     let pshape = c.op_a("Gather", &[&dshape, &perm_c], vec![attr_int("axis", 0)]);
-    let zero = if c.dtype(&data) == DataType::Double as i32 { fill::<f64>(0.0) } else { fill::<f32>(0.0) };
-    let zeros = c.op_a("ConstantOfShape", &[&pshape], vec![attr_tensor("value", zero)]);
-    let acc = c.op_a("ScatterND", &[&zeros, &idx2, &upd], vec![attr_string("reduction", "add")]);
+    let zero = if c.dtype(&data) == DataType::Double as i32 {
+        fill::<f64>(0.0)
+    } else {
+        fill::<f32>(0.0)
+    };
+    let zeros = c.op_a(
+        "ConstantOfShape",
+        &[&pshape],
+        vec![attr_tensor("value", zero)],
+    );
+    let acc = c.op_a(
+        "ScatterND",
+        &[&zeros, &idx2, &upd],
+        vec![attr_string("reduction", "add")],
+    );
     let mut inv = vec![0i64; perm.len()];
     for (i, &p) in perm.iter().enumerate() {
         inv[p as usize] = i as i64;
     }
-    let dx = if axis == 0 { acc } else { c.transpose(&acc, &inv) };
+    let dx = if axis == 0 {
+        acc
+    } else {
+        c.transpose(&acc, &inv)
+    };
     Ok(vec![Some(dx), None])
 }
 
@@ -281,8 +346,16 @@ fn dropout(c: &mut GradCtx) -> Out {
     let dt = c.dtype(&x);
     let m = c.op_a("Cast", &[&mask], vec![attr_int("to", dt as i64)]);
     let g = c.op("Mul", &[&dy, &m]);
-    let ratio = if c.has_x(1) { c.x(1) } else { c.scalar(&x, 0.5) };
-    let ratio = if c.dtype(&ratio) != dt { c.op_a("Cast", &[&ratio], vec![attr_int("to", dt as i64)]) } else { ratio };
+    let ratio = if c.has_x(1) {
+        c.x(1)
+    } else {
+        c.scalar(&x, 0.5)
+    };
+    let ratio = if c.dtype(&ratio) != dt {
+        c.op_a("Cast", &[&ratio], vec![attr_int("to", dt as i64)])
+    } else {
+        ratio
+    };
     let one = c.scalar(&x, 1.0);
     let keep = c.op("Sub", &[&one, &ratio]);
     Ok(vec![Some(c.op("Div", &[&g, &keep])), None, None])

@@ -1,0 +1,16 @@
+//! The papers' methods as graph rewrites, one file per method.
+
+pub mod inverse_rate;
+
+use serde::{Deserialize, Serialize};
+
+pub use inverse_rate::{InverseRate, LambdaMode};
+
+/// The regularizer of a recipe (`[regularizer]` table, `kind = ...`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Regularizer {
+    #[default]
+    None,
+    InverseRate(InverseRate),
+}
