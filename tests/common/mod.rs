@@ -105,30 +105,42 @@ pub fn committed_models() -> Vec<PathBuf> {
         );
     }
     out.sort();
-    // TODO: once models/ is committed for good, make this unconditional. Until then the
-    // glob may be empty, and the synthetic models below are the only ones tested.
-    if root().join("models/manifest.json").is_file() {
-        assert!(
-            !out.is_empty(),
-            "models/manifest.json exists but no models/*.onnx or tests/data/models/*.onnx was found"
-        );
-    }
+    assert!(
+        !out.is_empty(),
+        "no models/*.onnx or tests/data/models/*.onnx was found; they are committed (tools/export_models.py makes them)"
+    );
     out
 }
 
 /// Small models made with `onnx.helper` (`onnx_view.py synth`): an MLP (Gemm/Relu), a
 /// Conv+BatchNormalization+MaxPool net, and an MLP with its weights in an external data
-/// file. Made once per test binary.
+/// file. Made once per version of onnx_view.py, in a folder of the target directory that
+/// is never written again once in place (so concurrent test runs can share it).
 pub fn synth_models() -> Vec<PathBuf> {
-    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
     let dir = DIR.get_or_init(|| {
-        let d = tempdir();
-        onnx_view(&[OsStr::new("synth"), d.path().as_os_str()]);
-        d
+        use std::hash::{Hash, Hasher};
+        let script = std::fs::read(root().join("tools/onnx_view.py")).expect("tools/onnx_view.py");
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        script.hash(&mut h);
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("synth-{:016x}", h.finish()));
+        if !dir.is_dir() {
+            let tmp = tempfile::Builder::new()
+                .prefix(".synth-")
+                .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+                .expect("create a temporary folder");
+            onnx_view(&[OsStr::new("synth"), tmp.path().as_os_str()]);
+            // Another test run may have won the race; then its folder is used.
+            let made = tmp.keep();
+            if std::fs::rename(&made, &dir).is_err() {
+                let _ = std::fs::remove_dir_all(&made);
+            }
+        }
+        dir
     });
     ["mlp.onnx", "conv_bn.onnx", "mlp_external.onnx"]
         .iter()
-        .map(|f| dir.path().join(f))
+        .map(|f| dir.join(f))
         .collect()
 }
 
