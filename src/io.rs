@@ -4,7 +4,9 @@
 //!   payloads (`raw_data`) are slices of the map, never copies.
 //! - Weights in external data files are memory-mapped the same way and attached to their
 //!   tensors, so a model over 2 GiB loads without holding its weights twice.
-//! - Saving writes every file atomically (temporary file in the same folder, then rename).
+//! - Saving encodes straight into the file (payloads go from their `Bytes` to the file, never
+//!   through a second in-memory copy of the model) and writes every file atomically
+//!   (temporary file in the same folder, then rename).
 //!   A model whose weights exceed what one protobuf message can hold is written with its
 //!   large tensors in an external data file beside it.
 
@@ -12,7 +14,8 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Component, Path, PathBuf};
 
-use bytes::Bytes;
+use bytes::buf::UninitSlice;
+use bytes::{Buf, BufMut, Bytes};
 use prost::Message;
 
 use crate::error::{Context, Error, Result};
@@ -283,9 +286,10 @@ pub fn write_atomic(
 /// declares a lower, nonzero one, so that ORT 1.31 loads everything regraft writes.
 pub fn save_model(model: &ModelProto, path: impl AsRef<Path>, external: &External) -> Result<()> {
     let path = path.as_ref();
-    let mut m = model.clone(); // tensor payloads are reference-counted, not copied
+    // Cloned only when something must change (tensor payloads are reference-counted).
+    let mut m = std::borrow::Cow::Borrowed(model);
     if m.ir_version() <= 0 || m.ir_version() > IR_VERSION {
-        m.ir_version = Some(IR_VERSION);
+        m.to_mut().ir_version = Some(IR_VERSION);
     }
     let total: u64 = m
         .graph
@@ -317,6 +321,7 @@ pub fn save_model(model: &ModelProto, path: impl AsRef<Path>, external: &Externa
             ));
         }
         let data_path = path.parent().unwrap_or(Path::new("")).join(&rel);
+        let m = m.to_mut();
         let Some(graph) = m.graph.as_mut() else {
             return Err(Error::file(path, "the model has no graph to save"));
         };
@@ -361,13 +366,167 @@ pub fn save_model(model: &ModelProto, path: impl AsRef<Path>, external: &Externa
             ),
         ));
     }
-    let buf = m.encode_to_vec();
-    write_atomic(path, |f| f.write_all(&buf))
+    write_atomic(path, |f| {
+        let mut sink = FileSink::new(f);
+        m.encode(&mut sink)
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        sink.finish()
+    })
+}
+
+/// A [`BufMut`] that prost encodes into and that writes through to a file: small fields
+/// collect in a buffer, tensor payloads go from their `Bytes` (usually the input model's
+/// memory map) straight to the file. The bytes are exactly those of `encode_to_vec`, but
+/// the encoded model, weights included, is never held in memory.
+struct FileSink<'a> {
+    file: &'a mut std::fs::File,
+    buf: Vec<u8>,
+    /// Bytes handed to the file so far.
+    written: usize,
+    /// The first write error; later writes are skipped and [`FileSink::finish`] reports it.
+    err: Option<std::io::Error>,
+}
+
+impl<'a> FileSink<'a> {
+    const CAPACITY: usize = 256 * 1024;
+
+    fn new(file: &'a mut std::fs::File) -> FileSink<'a> {
+        FileSink {
+            file,
+            buf: Vec::with_capacity(Self::CAPACITY),
+            written: 0,
+            err: None,
+        }
+    }
+
+    fn write(&mut self, data: &[u8]) {
+        if self.err.is_none()
+            && let Err(e) = self.file.write_all(data)
+        {
+            self.err = Some(e);
+        }
+        self.written += data.len();
+    }
+
+    fn flush_buf(&mut self) {
+        let buf = std::mem::take(&mut self.buf);
+        self.write(&buf);
+        self.buf = buf;
+        self.buf.clear();
+    }
+
+    fn finish(mut self) -> std::io::Result<()> {
+        self.flush_buf();
+        self.err.map_or(Ok(()), Err)
+    }
+}
+
+// SAFETY: `chunk_mut` hands out the buffer's spare capacity, and `advance_mut` only
+// extends the buffer's length over bytes the caller has initialised in that chunk.
+unsafe impl BufMut for FileSink<'_> {
+    fn remaining_mut(&self) -> usize {
+        usize::MAX - self.written - self.buf.len()
+    }
+
+    unsafe fn advance_mut(&mut self, cnt: usize) {
+        let len = self.buf.len() + cnt;
+        assert!(len <= self.buf.capacity(), "advance_mut past the chunk");
+        // SAFETY: the caller initialised `cnt` bytes of the spare capacity (BufMut's contract).
+        unsafe { self.buf.set_len(len) }
+    }
+
+    fn chunk_mut(&mut self) -> &mut UninitSlice {
+        if self.buf.len() == self.buf.capacity() {
+            self.flush_buf();
+        }
+        UninitSlice::uninit(self.buf.spare_capacity_mut())
+    }
+
+    fn put_slice(&mut self, src: &[u8]) {
+        if src.len() <= self.buf.capacity() - self.buf.len() {
+            self.buf.extend_from_slice(src);
+        } else {
+            self.flush_buf();
+            if src.len() >= Self::CAPACITY {
+                self.write(src);
+            } else {
+                self.buf.extend_from_slice(src);
+            }
+        }
+    }
+
+    fn put_u8(&mut self, n: u8) {
+        self.put_slice(&[n]);
+    }
+
+    fn put<T: Buf>(&mut self, mut src: T)
+    where
+        Self: Sized,
+    {
+        while src.has_remaining() {
+            let chunk = src.chunk();
+            let n = chunk.len();
+            self.put_slice(chunk);
+            src.advance(n);
+        }
+    }
 }
 
 fn kv(k: &str, v: &str) -> StringStringEntryProto {
     StringStringEntryProto {
         key: Some(k.into()),
         value: Some(v.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::{DataType, GraphProto, NodeProto, make_node, tensor_raw};
+
+    /// The streaming encoder writes exactly the bytes of `encode_to_vec`: payloads larger
+    /// and smaller than its buffer, and enough small fields to fill the buffer many times.
+    #[test]
+    fn saved_bytes_equal_encode_to_vec() {
+        let big: Vec<u8> = (0..3 * FileSink::CAPACITY + 17)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        let mut g = GraphProto {
+            name: Some("g".into()),
+            ..Default::default()
+        };
+        g.initializer.push(tensor_raw(
+            "big",
+            DataType::Uint8,
+            &[big.len() as i64],
+            Bytes::from(big),
+        ));
+        g.initializer.push(tensor_raw(
+            "small",
+            DataType::Uint8,
+            &[3],
+            Bytes::from_static(&[1, 2, 3]),
+        ));
+        g.node = (0..20_000)
+            .map(|i| {
+                make_node(
+                    "Relu",
+                    &format!("n{i}"),
+                    &[&format!("v{i}")],
+                    &[&format!("v{}", i + 1)],
+                    vec![],
+                )
+            })
+            .collect::<Vec<NodeProto>>();
+        let model = ModelProto {
+            ir_version: Some(IR_VERSION),
+            graph: Some(g),
+            ..Default::default()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.onnx");
+        save_model(&model, &path, &External::Never).unwrap();
+        assert!(model.encoded_len() > 4 * FileSink::CAPACITY);
+        assert!(std::fs::read(&path).unwrap() == model.encode_to_vec());
     }
 }

@@ -31,7 +31,7 @@ pub fn run(a: Args) -> Result<()> {
     };
     let gg = grad_graph(model, &opts).map_err(|e| e.in_file(&a.model))?;
     lap.done("build");
-    save_model(&gg.graph.to_model(), &a.output, &External::Auto)?;
+    save_model(&gg.graph.into_model(), &a.output, &External::Auto)?;
     lap.done("save");
     eprintln!(
         "wrote {}: outputs {} and {} gradients",

@@ -131,14 +131,23 @@ impl Graph {
         g.initializer = self.initializers.clone();
         g.value_info = self.value_info.clone();
         m.graph = Some(g);
-        m.opset_import = self
-            .opsets
-            .iter()
-            .map(|(d, v)| OperatorSetIdProto {
-                domain: Some(d.clone()),
-                version: Some(*v),
-            })
-            .collect();
+        m.opset_import = opset_imports(&self.opsets);
+        m
+    }
+
+    /// The model proto, graph included, without copying the graph as [`Graph::to_model`]
+    /// does.
+    pub fn into_model(self) -> ModelProto {
+        let mut m = self.model;
+        m.graph = Some(GraphProto {
+            node: self.nodes,
+            input: self.inputs,
+            output: self.outputs,
+            initializer: self.initializers,
+            value_info: self.value_info,
+            ..self.graph_meta
+        });
+        m.opset_import = opset_imports(&self.opsets);
         m
     }
 
@@ -295,6 +304,16 @@ impl Graph {
             .or_insert(version);
         *e = (*e).max(version);
     }
+}
+
+fn opset_imports(opsets: &BTreeMap<String, i64>) -> Vec<OperatorSetIdProto> {
+    opsets
+        .iter()
+        .map(|(d, v)| OperatorSetIdProto {
+            domain: Some(d.clone()),
+            version: Some(*v),
+        })
+        .collect()
 }
 
 fn normalize_domain(d: &str) -> &str {
