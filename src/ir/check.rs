@@ -1,8 +1,6 @@
 //! The validity check run after every pass in tests and debug builds.
 
-use std::collections::HashSet;
-
-use super::{Graph, node_uses};
+use super::{Graph, NameSet, uses_into};
 use crate::error::{Error, Result};
 use crate::proto::NodeExt;
 
@@ -16,7 +14,7 @@ impl Graph {
                 msg,
             })
         };
-        let mut defined: HashSet<&str> = HashSet::new();
+        let mut defined: NameSet<&str> = NameSet::default();
         for i in &self.inputs {
             if !defined.insert(i.name()) && self.initializer(i.name()).is_none() {
                 return bad(format!("graph input '{}' is declared twice", i.name()));
@@ -27,7 +25,8 @@ impl Graph {
                 return bad(format!("initializer '{}' is defined twice", t.name()));
             }
         }
-        let mut node_names: HashSet<&str> = HashSet::new();
+        let mut node_names: NameSet<&str> = NameSet::default();
+        let mut uses = Vec::new();
         for n in &self.nodes {
             if !n.name().is_empty() && !node_names.insert(n.name()) {
                 return bad(format!("two nodes are named '{}'", n.name()));
@@ -40,8 +39,10 @@ impl Graph {
                     n.describe()
                 ));
             }
-            for v in node_uses(n) {
-                if !defined.contains(v.as_str()) {
+            uses.clear();
+            uses_into(n, &mut uses);
+            for &v in &uses {
+                if !defined.contains(v) {
                     return bad(format!(
                         "{} reads '{v}', which is not defined before it",
                         n.describe()
@@ -57,7 +58,7 @@ impl Graph {
                 }
             }
         }
-        let mut outs: HashSet<&str> = HashSet::new();
+        let mut outs: NameSet<&str> = NameSet::default();
         for o in &self.outputs {
             if !defined.contains(o.name()) {
                 return bad(format!("graph output '{}' is never computed", o.name()));

@@ -5,9 +5,7 @@
 //! model's declared `value_info` (PyTorch's exporters write it). Dims that can only be
 //! known at run time are left `None`, and the rules then use `Shape` ops.
 
-use std::collections::HashMap;
-
-use super::Graph;
+use super::{Graph, NameMap};
 use crate::proto::{DataType, Dim, NodeExt, NodeProto, TensorProto, tensor_type, tensor_values};
 
 /// A value's element type and (possibly partial) shape.
@@ -31,14 +29,14 @@ impl TypeInfo {
 /// Inferred types of a graph's values, plus the values of small integer constants.
 #[derive(Default, Debug)]
 pub struct Types {
-    pub values: HashMap<String, TypeInfo>,
+    pub values: NameMap<String, TypeInfo>,
     /// Int64 constants (initializers, `Constant` nodes, shapes folded statically).
-    pub consts: HashMap<String, Vec<i64>>,
+    pub consts: NameMap<String, Vec<i64>>,
     /// Partially known small int64 values (shape arithmetic): `None` elements are only
     /// known at run time. Fully known ones are also in `consts`.
-    pub partial: HashMap<String, Vec<Option<i64>>>,
+    pub partial: NameMap<String, Vec<Option<i64>>>,
     /// Small floating-point constants (scalars such as a Dropout ratio), as f64.
-    pub fconsts: HashMap<String, Vec<f64>>,
+    pub fconsts: NameMap<String, Vec<f64>>,
 }
 
 impl Types {
@@ -165,16 +163,13 @@ pub fn infer(g: &Graph) -> Types {
             if o.is_empty() {
                 continue;
             }
-            match outs.get(i).cloned().flatten() {
-                Some(ti) => {
-                    // Prefer what we computed, but keep declared dims we could not derive.
-                    let merged = match t.values.get(o) {
-                        Some(decl) if decl.dtype == ti.dtype => merge(decl, &ti),
-                        _ => ti,
-                    };
-                    t.values.insert(o.clone(), merged);
-                }
-                None => {}
+            if let Some(ti) = outs.get(i).cloned().flatten() {
+                // Prefer what we computed, but keep declared dims we could not derive.
+                let merged = match t.values.get(o) {
+                    Some(decl) if decl.dtype == ti.dtype => merge(decl, &ti),
+                    _ => ti,
+                };
+                t.values.insert(o.clone(), merged);
             }
         }
         fold_consts(n, &mut t);

@@ -17,6 +17,7 @@ pub use builder::{Builder, Patch};
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::hash::{BuildHasherDefault, Hasher};
 
 use crate::error::Result;
 use crate::proto::{
@@ -24,11 +25,55 @@ use crate::proto::{
     attribute_proto::AttributeType,
 };
 
+/// FxHash, rustc's hasher: the graph layer's sets and maps of value names use it. Names
+/// come from the model being edited, so SipHash's resistance to crafted collisions buys
+/// nothing, and hashing names was the largest single cost of building a backward graph.
+#[derive(Default, Clone, Copy)]
+pub struct NameHasher(u64);
+
+impl NameHasher {
+    #[inline]
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+impl Hasher for NameHasher {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        let mut words = bytes.chunks_exact(8);
+        for w in &mut words {
+            self.add(u64::from_le_bytes(w.try_into().expect("8 bytes")));
+        }
+        let rest = words.remainder();
+        if !rest.is_empty() {
+            let mut last = [0u8; 8];
+            last[..rest.len()].copy_from_slice(rest);
+            self.add(u64::from_le_bytes(last));
+        }
+    }
+    #[inline]
+    fn write_u8(&mut self, i: u8) {
+        self.add(u64::from(i));
+    }
+    #[inline]
+    fn write_usize(&mut self, i: usize) {
+        self.add(i as u64);
+    }
+    #[inline]
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+pub type NameSet<T> = HashSet<T, BuildHasherDefault<NameHasher>>;
+pub type NameMap<K, V> = HashMap<K, V, BuildHasherDefault<NameHasher>>;
+
 /// Hands out names that are unique across values, nodes and initializers of a graph.
 #[derive(Default, Debug)]
 pub struct NameAuthority {
-    used: RefCell<HashSet<String>>,
-    counters: RefCell<HashMap<String, usize>>,
+    used: RefCell<NameSet<String>>,
+    counters: RefCell<NameMap<String, usize>>,
 }
 
 impl NameAuthority {
@@ -206,30 +251,35 @@ impl Graph {
     /// Sort nodes topologically, keeping the current order wherever it is already valid.
     pub fn toposort(&mut self) -> Result<()> {
         let n = self.nodes.len();
-        let mut produced_by: HashMap<String, usize> = HashMap::new();
+        let mut produced_by: NameMap<&str, usize> = NameMap::default();
+        produced_by.reserve(n);
         for (i, node) in self.nodes.iter().enumerate() {
             for o in &node.output {
                 if !o.is_empty() {
-                    produced_by.insert(o.clone(), i);
+                    produced_by.insert(o.as_str(), i);
                 }
             }
         }
         let mut indeg = vec![0usize; n];
         let mut users: Vec<Vec<usize>> = vec![Vec::new(); n];
+        let (mut uses, mut deps) = (Vec::new(), Vec::new());
         for (i, node) in self.nodes.iter().enumerate() {
-            let mut deps: HashSet<usize> = HashSet::new();
-            for v in node_uses(node) {
-                if let Some(&p) = produced_by.get(&v)
-                    && p != i
-                {
-                    deps.insert(p);
-                }
-            }
+            uses.clear();
+            uses_into(node, &mut uses);
+            deps.clear();
+            deps.extend(
+                uses.iter()
+                    .filter_map(|v| produced_by.get(v).copied())
+                    .filter(|&p| p != i),
+            );
+            deps.sort_unstable();
+            deps.dedup();
             indeg[i] = deps.len();
-            for d in deps {
+            for &d in &deps {
                 users[d].push(i);
             }
         }
+        drop(produced_by);
         // Min-heap on original index gives the stable order.
         let mut ready: std::collections::BinaryHeap<std::cmp::Reverse<usize>> = (0..n)
             .filter(|&i| indeg[i] == 0)
@@ -269,30 +319,41 @@ impl Graph {
 
     /// Remove nodes whose outputs reach no graph output, and initializers nobody uses.
     pub fn remove_dead(&mut self) -> usize {
-        let mut live: HashSet<String> = self.outputs.iter().map(|o| o.name().to_string()).collect();
+        let mut live: NameSet<&str> = self.outputs.iter().map(|o| o.name()).collect();
         let mut keep = vec![false; self.nodes.len()];
+        let mut uses = Vec::new();
         for (i, node) in self.nodes.iter().enumerate().rev() {
-            if node.output.iter().any(|o| live.contains(o)) {
+            if node.output.iter().any(|o| live.contains(o.as_str())) {
                 keep[i] = true;
-                live.extend(node_uses(node));
+                uses.clear();
+                uses_into(node, &mut uses);
+                live.extend(&uses);
             }
         }
-        let before = self.nodes.len();
-        let mut it = keep.iter();
-        self.nodes
-            .retain(|_| *it.next().expect("one flag per node"));
-        let removed = before - self.nodes.len();
-        let dead: HashSet<String> = self
+        let dead: NameSet<String> = self
             .initializers
             .iter()
             .filter(|t| !live.contains(t.name()))
             .map(|t| t.name().to_string())
             .collect();
+        let keep_info: Vec<bool> = self
+            .value_info
+            .iter()
+            .map(|v| live.contains(v.name()))
+            .collect();
+        drop(live);
+        let before = self.nodes.len();
+        let mut it = keep.iter();
+        self.nodes
+            .retain(|_| *it.next().expect("one flag per node"));
+        let removed = before - self.nodes.len();
         self.initializers.retain(|t| !dead.contains(t.name()));
         // An initializer that is also listed as a graph input (IR < 4) leaves with its
         // input entry; otherwise it would become an input every caller has to feed.
         self.inputs.retain(|i| !dead.contains(i.name()));
-        self.value_info.retain(|v| live.contains(v.name()));
+        let mut it = keep_info.iter();
+        self.value_info
+            .retain(|_| *it.next().expect("one flag per value info"));
         removed
     }
 
@@ -334,7 +395,7 @@ fn reserve_subgraph(names: &NameAuthority, g: &GraphProto) {
 }
 
 /// Call `f` on every graph attribute of a node (If/Loop/Scan bodies).
-pub fn for_each_subgraph(n: &NodeProto, f: &mut dyn FnMut(&GraphProto)) {
+pub fn for_each_subgraph<'a>(n: &'a NodeProto, f: &mut dyn FnMut(&'a GraphProto)) {
     for a in &n.attribute {
         if a.r#type() == AttributeType::Graph
             && let Some(g) = &a.g
@@ -349,29 +410,33 @@ pub fn for_each_subgraph(n: &NodeProto, f: &mut dyn FnMut(&GraphProto)) {
 
 /// Every value a node reads: its inputs plus the outer-scope values its subgraphs read.
 pub fn node_uses(n: &NodeProto) -> Vec<String> {
-    let mut out: Vec<String> = n.input.iter().filter(|s| !s.is_empty()).cloned().collect();
-    for_each_subgraph(n, &mut |g| out.extend(subgraph_outer_uses(g)));
-    out
+    let mut out = Vec::new();
+    uses_into(n, &mut out);
+    out.into_iter().map(str::to_string).collect()
 }
 
-/// Names a subgraph reads that it does not define itself.
-fn subgraph_outer_uses(g: &GraphProto) -> Vec<String> {
-    let mut defined: HashSet<String> = HashSet::new();
-    defined.extend(g.input.iter().map(|i| i.name().to_string()));
-    defined.extend(g.initializer.iter().map(|t| t.name().to_string()));
-    let mut outer = Vec::new();
+/// [`node_uses`], borrowed and appended to `out` (the passes reuse one buffer).
+pub(crate) fn uses_into<'a>(n: &'a NodeProto, out: &mut Vec<&'a str>) {
+    out.extend(n.input.iter().filter(|s| !s.is_empty()).map(String::as_str));
+    for_each_subgraph(n, &mut |g| subgraph_outer_uses(g, out));
+}
+
+/// Append the names a subgraph reads that it does not define itself.
+fn subgraph_outer_uses<'a>(g: &'a GraphProto, outer: &mut Vec<&'a str>) {
+    let mut defined: NameSet<&str> = NameSet::default();
+    defined.extend(g.input.iter().map(|i| i.name()));
+    defined.extend(g.initializer.iter().map(|t| t.name()));
+    let mut uses = Vec::new();
     for n in &g.node {
-        for v in node_uses(n) {
-            if !defined.contains(&v) {
-                outer.push(v);
-            }
-        }
-        defined.extend(n.output.iter().cloned());
+        uses.clear();
+        uses_into(n, &mut uses);
+        outer.extend(uses.iter().filter(|v| !defined.contains(*v)));
+        defined.extend(n.output.iter().map(String::as_str));
     }
-    for o in &g.output {
-        if !defined.contains(o.name()) {
-            outer.push(o.name().to_string());
-        }
-    }
-    outer
+    outer.extend(
+        g.output
+            .iter()
+            .map(|o| o.name())
+            .filter(|o| !defined.contains(o)),
+    );
 }
