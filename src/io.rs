@@ -277,6 +277,12 @@ pub fn write_atomic(
     write(tmp.as_file_mut()).file_ctx(path)?;
     tmp.as_file_mut().flush().file_ctx(path)?;
     tmp.as_file().sync_all().file_ctx(path)?;
+    // Temporary files are created private (0600); what regraft writes is an ordinary file.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o644)).file_ctx(path)?;
+    }
     tmp.persist(path)
         .map_err(|e| Error::file(path, e.error.to_string()))?;
     Ok(())

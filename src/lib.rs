@@ -9,6 +9,7 @@
 pub mod autodiff;
 pub mod cli;
 pub mod error;
+pub mod export;
 pub mod inspect;
 pub mod io;
 pub mod ir;

@@ -103,7 +103,6 @@ pub fn is_stop_output(node: &NodeProto, slot: usize) -> bool {
         "BatchNormalization" => slot >= 1,
         // Dropout's mask, MaxPool's indices, TopK's indices.
         "Dropout" | "MaxPool" | "TopK" => slot >= 1,
-        "SoftmaxCrossEntropyLoss" => slot >= 1,
         _ => false,
     }
 }

@@ -1,11 +1,14 @@
 //! The command line: one file per subcommand; this file parses and dispatches.
 
+mod compare;
 mod doctor;
+pub mod eval;
+mod export;
 mod grad;
 mod inspect;
 mod recipe_flags;
 mod rewrite;
-mod train;
+pub mod train;
 
 use std::process::ExitCode;
 
@@ -36,6 +39,12 @@ pub enum Command {
     Rewrite(rewrite::Args),
     /// Train a model (or a rewrite folder) on ONNX Runtime, CPU or CUDA.
     Train(train::Args),
+    /// Export a calibrated inference model from a run.
+    Export(export::Args),
+    /// Top-1, Top-5, NLL, NLL variance, ECE and Brier of a model or run on a dataset.
+    Eval(eval::Args),
+    /// Compare runs in the inverse-rate paper's table format, with win counts.
+    Compare(compare::Args),
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -45,6 +54,9 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Grad(a) => grad::run(a),
         Command::Rewrite(a) => rewrite::run(a),
         Command::Train(a) => train::run(a),
+        Command::Export(a) => export::run(a),
+        Command::Eval(a) => eval::run(a),
+        Command::Compare(a) => compare::run(a),
     }
 }
 

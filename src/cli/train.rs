@@ -43,6 +43,32 @@ pub struct Args {
     pub output: PathBuf,
 }
 
+/// Where a run's data came from (RUN/run.json), so export can refit on the same
+/// validation split.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct RunInfo {
+    pub data: PathBuf,
+    pub val: Option<PathBuf>,
+    pub val_fraction: Option<f64>,
+    pub seed: u64,
+    pub device: String,
+}
+
+impl RunInfo {
+    pub fn load(run: &std::path::Path) -> Option<RunInfo> {
+        let s = std::fs::read_to_string(run.join("run.json")).ok()?;
+        serde_json::from_str(&s).ok()
+    }
+    /// The validation split of the run, if it had one.
+    pub fn val_dataset(&self) -> Result<Option<Dataset>> {
+        match (&self.val, self.val_fraction) {
+            (Some(v), _) => Ok(Some(load_npz(v, false)?)),
+            (None, Some(f)) => Ok(Some(split(&load_npz(&self.data, false)?, f, self.seed)?.1)),
+            _ => Ok(None),
+        }
+    }
+}
+
 /// Split off a validation fraction deterministically (by seed).
 pub fn split(ds: &Dataset, fraction: f64, seed: u64) -> Result<(Dataset, Dataset)> {
     if !(0.0..1.0).contains(&fraction) || fraction == 0.0 {
@@ -128,6 +154,16 @@ pub fn run(a: Args) -> Result<()> {
     };
     let mut trainer = Trainer::new(spec, &opts)?;
     write_artifacts(&a.output, &model, &recipe, &art)?;
+    let abs = |p: &PathBuf| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone());
+    let info = RunInfo {
+        data: abs(&a.data),
+        val: a.val.as_ref().map(abs),
+        val_fraction: a.val_fraction,
+        seed: recipe.seed,
+        device: a.device.to_string(),
+    };
+    let js = serde_json::to_string_pretty(&info).expect("run info serializes");
+    crate::io::write_atomic(&a.output.join("run.json"), |f| std::io::Write::write_all(f, js.as_bytes()))?;
     let fo = FitOptions {
         epochs: recipe.epochs,
         batch_size: recipe.batch_size,

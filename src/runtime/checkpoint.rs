@@ -21,6 +21,12 @@ pub struct Position {
     pub epoch_loss_sum: f64,
     pub epoch_correct: f64,
     pub epoch_seen: usize,
+    /// Running sums of the step diagnostics (`Spec::extras`) over the epoch's steps so
+    /// far, and the number of those steps.
+    #[serde(default)]
+    pub epoch_extra_sums: Vec<f64>,
+    #[serde(default)]
+    pub epoch_steps: usize,
 }
 
 /// Named f32 tensors with their shapes.

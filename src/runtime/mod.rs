@@ -7,6 +7,7 @@
 
 pub mod checkpoint;
 pub mod data;
+pub mod tract;
 pub mod trainer;
 
 use std::path::{Path, PathBuf};
@@ -228,4 +229,25 @@ pub fn available_providers() -> Result<Vec<&'static str>> {
         }
     }
     Ok(out)
+}
+
+/// Run an inference session on a dataset in batches; returns the first output
+/// (flattened) and its per-sample width. The model's only input gets the samples.
+pub fn predict(sess: &mut Session, ds: &data::Dataset, batch: usize, output: Option<&str>) -> Result<(Vec<f32>, usize)> {
+    let input = sess.inputs().first().map(|i| i.name().to_string()).ok_or_else(|| Error::msg("the model has no input"))?;
+    let out_name = match output {
+        Some(o) => o.to_string(),
+        None => sess.outputs().first().map(|o| o.name().to_string()).ok_or_else(|| Error::msg("the model has no output"))?,
+    };
+    let idx: Vec<usize> = (0..ds.len()).collect();
+    let (mut all, mut width) = (Vec::new(), 0);
+    for chunk in idx.chunks(batch.max(1)) {
+        let (x, shape, _) = ds.batch(chunk);
+        let t = ort::value::Tensor::from_array((shape, x))?;
+        let outs = sess.run(ort::inputs![input.as_str() => t])?;
+        let (s, v) = outs[out_name.as_str()].try_extract_tensor::<f32>()?;
+        width = s.iter().skip(1).map(|&d| d as usize).product();
+        all.extend_from_slice(v);
+    }
+    Ok((all, width))
 }

@@ -316,6 +316,29 @@ pub fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
 pub const CHECKPOINT: &str = "checkpoint.safetensors";
 pub const METRICS: &str = "metrics.jsonl";
 
+/// Keep the lines of `metrics.jsonl` for the first `done` epochs (all of them already
+/// checkpointed) and drop the rest: on a fresh start there is no line to keep, and a
+/// resumed run logs again the epochs it redoes. A line cut short by a kill is dropped.
+fn truncate_log(path: &Path, done: usize) -> Result<()> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::file(path, e.to_string())),
+    };
+    let kept: Vec<&str> = text
+        .lines()
+        .filter(|l| serde_json::from_str::<EpochLog>(l).is_ok_and(|e| e.epoch <= done))
+        .collect();
+    if kept.len() == text.lines().count() {
+        return Ok(());
+    }
+    let mut out = kept.join("\n");
+    if !out.is_empty() {
+        out.push('\n');
+    }
+    crate::io::write_atomic(path, |f| std::io::Write::write_all(f, out.as_bytes()))
+}
+
 fn append_log(path: &Path, line: &EpochLog) -> Result<()> {
     use std::io::Write;
     let mut f = std::fs::OpenOptions::new()
@@ -356,7 +379,14 @@ pub fn fit(
             pos.batch,
             pos.step
         );
+    } else if ckpt.is_file() {
+        // A fresh run in a used folder: the old checkpoint belongs to the run whose
+        // artifacts were just overwritten; it must not pass for this run's (by --resume
+        // or by the message of a failure in the first epoch).
+        std::fs::remove_file(&ckpt).map_err(|e| Error::file(&ckpt, e.to_string()))?;
     }
+    let metrics = o.run_dir.join(METRICS);
+    truncate_log(&metrics, pos.epoch)?;
     let interrupted = Arc::new(AtomicBool::new(false));
     {
         let flag = interrupted.clone();
@@ -368,8 +398,30 @@ pub fn fit(
     let steps_per_epoch = n.div_ceil(bs);
     let total = steps_per_epoch * o.epochs;
     let mut logs = vec![];
+    let kept = || {
+        if ckpt.is_file() {
+            format!("the last good checkpoint is kept at {}", ckpt.display())
+        } else {
+            "no checkpoint was written yet".to_string()
+        }
+    };
+    // A state that went non-finite on a step whose loss was still finite is never saved
+    // over the last good checkpoint.
     let save = |t: &Trainer, p: &Position| -> Result<()> {
-        checkpoint::save(&ckpt, &t.download()?, Some(p), &[])
+        let state = t.download()?;
+        if let Some(name) = state
+            .iter()
+            .find(|(_, (_, v))| v.iter().any(|x| !x.is_finite()))
+            .map(|(k, _)| k)
+        {
+            return Err(Error::msg(format!(
+                "the training state '{name}' became non-finite by step {} (epoch {}); training stopped and {}",
+                p.step,
+                if p.batch == 0 { p.epoch } else { p.epoch + 1 },
+                kept()
+            )));
+        }
+        checkpoint::save(&ckpt, &state, Some(p), &[])
     };
     while pos.epoch < o.epochs {
         let order = epoch_order(n, o.seed, pos.epoch);
@@ -391,30 +443,26 @@ pub fn fit(
         };
         let start = Instant::now();
         let mut seen_now = 0usize;
-        let mut lr = o.lr;
-        let mut extra_sums = vec![0.0f64; t.spec.extras.len()];
-        let mut extra_n = 0usize;
+        // The rate of the epoch's last step (also when a resume finds no step left in it).
+        let mut lr = o
+            .schedule
+            .lr(o.lr, pos.step.saturating_sub(1), total, steps_per_epoch);
+        if pos.epoch_extra_sums.len() != t.spec.extras.len() {
+            pos.epoch_extra_sums = vec![0.0f64; t.spec.extras.len()];
+        }
         while pos.batch < batches.len() {
             let chunk = batches[pos.batch];
             lr = o.schedule.lr(o.lr, pos.step, total, steps_per_epoch);
             let (x, shape, y) = train.batch(chunk);
             let (loss, correct, extras) = t.step_with_extras(x, &shape, &y, lr, pos.step + 1)?;
-            for (s, v) in extra_sums.iter_mut().zip(&extras) {
-                *s += *v as f64;
-            }
-            extra_n += 1;
             if !loss.is_finite() {
                 bar.abandon();
-                let kept = if ckpt.is_file() {
-                    format!("the last good checkpoint is kept at {}", ckpt.display())
-                } else {
-                    "no checkpoint was written yet".into()
-                };
                 return Err(Error::msg(format!(
-                    "the loss became {loss} at step {} (epoch {}, batch {}); training stopped and {kept}",
+                    "the loss became {loss} at step {} (epoch {}, batch {}); training stopped and {}",
                     pos.step + 1,
                     pos.epoch + 1,
-                    pos.batch + 1
+                    pos.batch + 1,
+                    kept()
                 )));
             }
             pos.step += 1;
@@ -422,19 +470,25 @@ pub fn fit(
             pos.epoch_loss_sum += loss as f64 * chunk.len() as f64;
             pos.epoch_correct += correct as f64;
             pos.epoch_seen += chunk.len();
+            for (s, v) in pos.epoch_extra_sums.iter_mut().zip(&extras) {
+                *s += *v as f64;
+            }
+            pos.epoch_steps += 1;
             seen_now += chunk.len();
-            bar.inc(1);
-            let secs = start.elapsed().as_secs_f64().max(1e-9);
-            let acc = if t.spec.classification {
-                format!(" acc {:.3}", pos.epoch_correct / pos.epoch_seen as f64)
-            } else {
-                String::new()
-            };
-            bar.set_message(format!(
-                "loss {:.4}{acc} {:.0} samples/s",
-                pos.epoch_loss_sum / pos.epoch_seen as f64,
-                seen_now as f64 / secs
-            ));
+            if o.progress {
+                bar.inc(1);
+                let secs = start.elapsed().as_secs_f64().max(1e-9);
+                let acc = if t.spec.classification {
+                    format!(" acc {:.3}", pos.epoch_correct / pos.epoch_seen as f64)
+                } else {
+                    String::new()
+                };
+                bar.set_message(format!(
+                    "loss {:.4}{acc} {:.0} samples/s",
+                    pos.epoch_loss_sum / pos.epoch_seen as f64,
+                    seen_now as f64 / secs
+                ));
+            }
             if interrupted.load(Ordering::SeqCst) {
                 bar.abandon();
                 save(t, &pos)?;
@@ -480,8 +534,8 @@ pub fn fit(
                 .spec
                 .extras
                 .iter()
-                .zip(&extra_sums)
-                .map(|(k, s)| (k.clone(), s / extra_n.max(1) as f64))
+                .zip(&pos.epoch_extra_sums)
+                .map(|(k, s)| (k.clone(), s / pos.epoch_steps.max(1) as f64))
                 .collect(),
         };
         if o.progress {
@@ -506,8 +560,11 @@ pub fn fit(
             step: pos.step,
             ..Default::default()
         };
+        // The line first: a kill between the two leaves a line that the next --resume
+        // drops (its checkpoint is still the previous epoch's) and logs again, where the
+        // other order would lose the line for good.
+        append_log(&metrics, &log)?;
         save(t, &pos)?;
-        append_log(&o.run_dir.join(METRICS), &log)?;
         logs.push(log);
     }
     Ok(logs)

@@ -85,11 +85,28 @@ fn scale(c: &mut GradCtx, w: &str) -> Result<String> {
 
 fn softmax_ce(c: &mut GradCtx) -> Out {
     let z = c.x(0);
-    let (oh, w) = onehot_and_weights(c)?;
-    let s = scale(c, &w)?;
     let p = c.op_a("Softmax", &[&z], vec![attr_int("axis", 1)]);
-    let d = c.op("Sub", &[&p, &oh]);
-    Ok(vec![Some(c.op("Mul", &[&d, &s])), None, None])
+    let mut terms = Vec::new();
+    if c.dy(0).is_some() {
+        let (oh, w) = onehot_and_weights(c)?;
+        let s = scale(c, &w)?;
+        let d = c.op("Sub", &[&p, &oh]);
+        terms.push(c.op("Mul", &[&d, &s]));
+    }
+    // The log_prob output is LogSoftmax(Z) along the classes: dZ += dLP − P·Σ_c dLP.
+    if let Some(dlp) = c.dy(1) {
+        let s = c.reduce_sum(&dlp, &[1], true);
+        let m = c.op("Mul", &[&p, &s]);
+        terms.push(c.op("Sub", &[&dlp, &m]));
+    }
+    let dz = match terms.len() {
+        1 => terms.pop().expect("one term"),
+        _ => {
+            let refs: Vec<&str> = terms.iter().map(String::as_str).collect();
+            c.op("Sum", &refs)
+        }
+    };
+    Ok(vec![Some(dz), None, None])
 }
 
 fn nll(c: &mut GradCtx) -> Out {

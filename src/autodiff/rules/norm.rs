@@ -104,7 +104,7 @@ fn batch_norm(c: &mut GradCtx) -> Out {
 }
 
 fn layer_norm(c: &mut GradCtx) -> Out {
-    let (dy, x, gamma) = (c.dy0(), c.x(0), c.x(1));
+    let (x, gamma) = (c.x(0), c.x(1));
     let r = c.rank(&x)? as i64;
     let axis = c.attr_i("axis", -1);
     let axis = if axis < 0 { axis + r } else { axis };
@@ -113,32 +113,75 @@ fn layer_norm(c: &mut GradCtx) -> Out {
     let lead: Vec<i64> = (0..axis).collect();
     let (xhat, istd) = normalize(c, &x, &norm_axes, eps);
     let mut out = vec![None; c.node.input.len()];
-    let sum_lead = |c: &mut GradCtx, v: &str| {
-        if lead.is_empty() {
-            v.to_string()
-        } else {
-            c.reduce_sum(v, &lead, false)
+    let sum_lead = |c: &mut GradCtx, v: &str| if lead.is_empty() { v.to_string() } else { c.reduce_sum(v, &lead, false) };
+    let mut dx_terms = Vec::new();
+    if let Some(dy) = c.dy(0) {
+        if c.needs(1) {
+            let p = c.op("Mul", &[&dy, &xhat]);
+            let s = sum_lead(c, &p);
+            out[1] = Some(c.reshape_like(&s, &gamma));
+        }
+        if c.needs(2) {
+            let b = c.x(2);
+            let s = sum_lead(c, &dy);
+            out[2] = Some(c.reshape_like(&s, &b));
+        }
+        if c.needs(0) {
+            let dxh = c.op("Mul", &[&dy, &gamma]);
+            let m1 = mean_keep(c, &dxh, &norm_axes);
+            let p = c.op("Mul", &[&dxh, &xhat]);
+            let m2 = mean_keep(c, &p, &norm_axes);
+            let t = c.op("Mul", &[&xhat, &m2]);
+            let d1 = c.op("Sub", &[&dxh, &m1]);
+            let d2 = c.op("Sub", &[&d1, &t]);
+            dx_terms.push(c.op("Mul", &[&istd, &d2]));
+        }
+    }
+    // The Mean and InvStdDev outputs depend on x as well (their gradients were dropped
+    // before): dMean/dx = 1/K, dInvStdDev/dx = −σ⁻²·x̂/K over a group of K elements. Their
+    // type is stash_type's (float32 by default), so their gradients are cast to x's.
+    if c.needs(0) && (c.dy(1).is_some() || c.dy(2).is_some()) {
+        let dt = c.dtype(&x);
+        let stat_grad = |c: &mut GradCtx, i: usize| {
+            let g = c.dy(i)?;
+            let y = c.y(i);
+            Some(if c.dtype(&y) != dt { c.op_a("Cast", &[&g], vec![attr_int("to", dt as i64)]) } else { g })
+        };
+        let k = group_size(c, &x, axis);
+        if let Some(dm) = stat_grad(c, 1) {
+            let t = c.op("Div", &[&dm, &k]);
+            let sx = c.shape_of(&x);
+            dx_terms.push(c.op("Expand", &[&t, &sx]));
+        }
+        if let Some(di) = stat_grad(c, 2) {
+            let i2 = c.op("Mul", &[&istd, &istd]);
+            let a = c.op("Mul", &[&di, &i2]);
+            let b = c.op("Div", &[&a, &k]);
+            let m = c.op("Mul", &[&xhat, &b]);
+            dx_terms.push(c.op("Neg", &[&m]));
+        }
+    }
+    out[0] = match dx_terms.len() {
+        0 => None,
+        1 => dx_terms.pop(),
+        _ => {
+            let refs: Vec<&str> = dx_terms.iter().map(String::as_str).collect();
+            Some(c.op("Sum", &refs))
         }
     };
-    if c.needs(1) {
-        let p = c.op("Mul", &[&dy, &xhat]);
-        let s = sum_lead(c, &p);
-        out[1] = Some(c.reshape_like(&s, &gamma));
-    }
-    if c.needs(2) {
-        let b = c.x(2);
-        let s = sum_lead(c, &dy);
-        out[2] = Some(c.reshape_like(&s, &b));
-    }
-    if c.needs(0) {
-        let dxh = c.op("Mul", &[&dy, &gamma]);
-        let m1 = mean_keep(c, &dxh, &norm_axes);
-        let p = c.op("Mul", &[&dxh, &xhat]);
-        let m2 = mean_keep(c, &p, &norm_axes);
-        let t = c.op("Mul", &[&xhat, &m2]);
-        let d1 = c.op("Sub", &[&dxh, &m1]);
-        let d2 = c.op("Sub", &[&d1, &t]);
-        out[0] = Some(c.op("Mul", &[&istd, &d2]));
-    }
     Ok(out)
+}
+
+/// K, the number of elements of x normalized together (dims `axis..`), as a scalar of
+/// x's type.
+fn group_size(c: &mut GradCtx, x: &str, axis: i64) -> String {
+    if let Some(k) = c.shape(x).and_then(|s| s[axis as usize..].iter().try_fold(1i64, |a, d| d.map(|d| a * d))) {
+        return c.scalar(x, k as f64);
+    }
+    let sx = c.op("Shape", &[x]);
+    let (st, en) = (c.ints(&[axis]), c.ints(&[i64::MAX]));
+    let tail = c.op("Slice", &[&sx, &st, &en]);
+    let k = c.op_a("ReduceProd", &[&tail], vec![attr_int("keepdims", 0)]);
+    let dt = c.dtype(x);
+    c.op_a("Cast", &[&k], vec![attr_int("to", dt as i64)])
 }

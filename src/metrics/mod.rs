@@ -131,3 +131,5 @@ mod tests {
         assert!(p[0] > 0.999);
     }
 }
+
+pub mod plot;

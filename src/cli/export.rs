@@ -1,0 +1,107 @@
+use std::path::PathBuf;
+
+use crate::error::{Error, Result};
+use crate::export::{OutputKind, finish, inference_graph, load_run, parse_outputs, temperature};
+use crate::io::{External, save_model};
+use crate::runtime::data::{Labels, load_npz};
+use crate::runtime::{SessionOptions, predict, session};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// A run folder written by `regraft train`.
+    pub run: PathBuf,
+    /// Where to write the model (default: RUN/model.export.onnx).
+    #[arg(short, long)]
+    pub output: Option<PathBuf>,
+    /// temperature (fit T on the validation split) or none.
+    #[arg(long, default_value = "temperature")]
+    pub calibrate: String,
+    /// deterministic, or mc:K (average the probabilities of K noise draws in the graph).
+    #[arg(long, default_value = "deterministic")]
+    pub predictive: String,
+    /// Outputs, comma-separated: logits, probs.
+    #[arg(long, default_value = "logits,probs")]
+    pub outputs: String,
+    /// Validation data for the temperature (default: the run's validation source).
+    #[arg(long)]
+    pub val: Option<PathBuf>,
+    /// Skip the cross-check of the exported model on tract-onnx.
+    #[arg(long)]
+    pub no_verify: bool,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    // Every flag is checked before anything is computed or written.
+    let outputs = parse_outputs(&a.outputs)?;
+    let calibrate = match a.calibrate.as_str() {
+        "temperature" => true,
+        "none" => false,
+        other => return Err(Error::flag("--calibrate", format!("unknown calibration '{other}' (temperature, none)"))),
+    };
+    if a.predictive != "deterministic" {
+        return Err(Error::flag("--predictive", format!("'{}' needs noise layers; this run has none (use deterministic)", a.predictive)));
+    }
+    let run = load_run(&a.run)?;
+    let val = match (&a.val, crate::cli::train::RunInfo::load(&a.run)) {
+        (Some(v), _) => Some((load_npz(v, false)?, v.display().to_string())),
+        (None, Some(info)) => info.val_dataset()?.map(|d| (d, "the run's validation split".to_string())),
+        (None, None) => None,
+    };
+    let (g, logits) = inference_graph(&run)?;
+    let mut t = 1.0;
+    let mut meta = vec![("regraft.recipe".to_string(), run.recipe.to_toml())];
+    if calibrate {
+        let (ds, vp) = val.ok_or_else(|| Error::flag("--calibrate temperature", "needs validation data: pass --val V.npz (the run had none)"))?;
+        let Labels::Classes(y) = &ds.y else { unreachable!("class labels") };
+        let bytes = prost::Message::encode_to_vec(&g.to_model());
+        let mut s = session(&bytes, &SessionOptions::default())?;
+        let (z, c) = predict(&mut s, &ds, 512, None)?;
+        let (fit_t, before, after) = temperature::fit(&z, c, y);
+        t = fit_t;
+        meta.push(("regraft.temperature".into(), format!("{t}")));
+        meta.push(("regraft.val_nll".into(), serde_json::json!({"before": before, "after": after}).to_string()));
+        eprintln!("temperature {t:.4}: validation NLL {before:.4} → {after:.4} ({vp})");
+    }
+    let g = finish(g, &logits, t, &outputs, meta)?;
+    let model = g.to_model();
+    let bytes = prost::Message::encode_to_vec(&model);
+    if !a.no_verify {
+        verify(&bytes, &g)?;
+    }
+    let out = a.output.unwrap_or_else(|| a.run.join("model.export.onnx"));
+    save_model(&model, &out, &External::Auto)?;
+    let names: Vec<&str> = outputs.iter().map(|o| if *o == OutputKind::Logits { "logits" } else { "probs" }).collect();
+    eprintln!("wrote {} (outputs: {})", out.display(), names.join(", "));
+    Ok(())
+}
+
+/// The exported model must give the same outputs on ORT and tract (within 1e-5).
+fn verify(bytes: &[u8], g: &crate::ir::Graph) -> Result<()> {
+    let input = g.real_inputs().next().ok_or_else(|| Error::msg("the exported model has no input"))?;
+    let dims: Vec<usize> = crate::proto::tensor_type(input)
+        .and_then(|t| t.1)
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+        .map(|(i, d)| match d {
+            crate::proto::Dim::Fixed(v) if i > 0 => *v as usize,
+            _ => if i == 0 { 4 } else { 1 },
+        })
+        .collect();
+    let n: usize = dims.iter().product();
+    let x: Vec<f32> = (0..n).map(|i| ((i * 7919 % 1000) as f32) / 1000.0).collect();
+    let mut s = session(bytes, &SessionOptions::default())?;
+    let names: Vec<String> = s.outputs().iter().map(|o| o.name().to_string()).collect();
+    let t = ort::value::Tensor::from_array((dims.clone(), x.clone()))?;
+    let outs = s.run(ort::inputs![input.name() => t])?;
+    let tr = crate::runtime::tract::run(bytes, &x, &dims)?;
+    for (k, name) in names.iter().enumerate() {
+        let (_, a) = outs[name.as_str()].try_extract_tensor::<f32>()?;
+        let b = &tr[k].1;
+        let worst = a.iter().zip(b).map(|(p, q)| (p - q).abs() / (1.0 + q.abs())).fold(0.0f32, f32::max);
+        if a.len() != b.len() || worst > 1e-5 {
+            return Err(Error::Runtime(format!("output '{name}' differs between ONNX Runtime and tract (max relative difference {worst:e})")));
+        }
+    }
+    Ok(())
+}
