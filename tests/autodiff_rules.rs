@@ -1453,3 +1453,129 @@ fn every_dim_symbolic() {
     }
     s.run();
 }
+
+// ---------------------------------------------------------------------------------------
+// More outputs and shared inputs
+
+/// Secondary outputs that are differentiable values: LayerNormalization's Mean and
+/// InvStdDev, SoftmaxCrossEntropyLoss's log_prob.
+#[test]
+fn secondary_float_outputs() {
+    let mut g = Gen::new(29);
+    let mut s = Suite::new("secondary_outputs");
+    // Mean and InvStdDev are float32 (stash_type; float64 is not allowed): steps well
+    // above their rounding.
+    s.add(
+        case("LayerNorm_mean_invstd_used", "LayerNormalization", 17)
+            .eps(1e-3)
+            .tol(2e-4, 1e-3)
+            .outputs(3)
+            .input(g.f64(&[4, 5]))
+            .input(g.f64_in(&[5], 0.5, 1.5))
+            .input(g.f64(&[5])),
+    );
+    s.add(
+        case("LayerNorm_axis1_only_stats_used", "LayerNormalization", 17)
+            .eps(1e-3)
+            .tol(2e-4, 1e-3)
+            .attr(attr_int("axis", 1))
+            .outputs(3)
+            .loss_on(&[1, 2])
+            .input(g.f64(&[2, 3, 4]))
+            .input(g.f64_in(&[3, 4], 0.5, 1.5)),
+    );
+    for red in ["mean", "none"] {
+        s.add(
+            case(
+                &format!("SoftmaxCrossEntropyLoss_{red}_log_prob_used"),
+                "SoftmaxCrossEntropyLoss",
+                13,
+            )
+            .attr(attr_string("reduction", red))
+            .outputs(2)
+            .input(g.f64(&[4, 3]))
+            .input(ints_nd(&[4], &[0, 2, 1, 2])),
+        );
+    }
+    s.add(
+        case(
+            "SoftmaxCrossEntropyLoss_only_log_prob_used",
+            "SoftmaxCrossEntropyLoss",
+            13,
+        )
+        .attr(attr_int("ignore_index", 1))
+        .outputs(2)
+        .loss_on(&[1])
+        .input(g.f64(&[4, 3]))
+        .input(ints_nd(&[4], &[0, 1, 1, 2])),
+    );
+    s.run();
+}
+
+/// One value feeding several inputs of a node: the contributions are summed.
+#[test]
+fn repeated_inputs_accumulate() {
+    let mut g = Gen::new(30);
+    let mut s = Suite::new("repeated_inputs");
+    let x0 = || Input::Named("x0".into());
+    s.add(case("Mul_x_x", "Mul", 18).input(g.f64(&[3, 4])).input(x0()));
+    s.add(case("Add_x_x", "Add", 18).input(g.f64(&[3])).input(x0()));
+    s.add(
+        case("Sum_x_x_x", "Sum", 13)
+            .input(g.f64(&[2, 3]))
+            .input(x0())
+            .input(x0()),
+    );
+    s.add(
+        case("MatMul_x_x", "MatMul", 13)
+            .input(g.f64(&[3, 3]))
+            .input(x0()),
+    );
+    s.add(
+        case("Concat_x_x", "Concat", 13)
+            .attr(attr_int("axis", 0))
+            .input(g.f64(&[2, 3]))
+            .input(x0()),
+    );
+    s.add(
+        case("Div_x_x_plus", "Div", 13)
+            .input(g.f64_away(&[4], 0.3))
+            .input(x0()),
+    );
+    s.run();
+}
+
+#[test]
+fn pooling_variants() {
+    let mut g = Gen::new(31);
+    let mut s = Suite::new("pooling_variants");
+    s.add(
+        case("MaxPool_ceil_mode", "MaxPool", 18)
+            .attr(attr_ints("kernel_shape", &[2, 2]))
+            .attr(attr_ints("strides", &[2, 2]))
+            .attr(attr_int("ceil_mode", 1))
+            .input(g.f64_distinct(&[1, 2, 5, 5])),
+    );
+    s.add(
+        case("MaxPool_same_upper", "MaxPool", 18)
+            .attr(attr_ints("kernel_shape", &[3, 3]))
+            .attr(attr_ints("strides", &[2, 2]))
+            .attr(attr_string("auto_pad", "SAME_UPPER"))
+            .input(g.f64_distinct(&[1, 2, 5, 6])),
+    );
+    s.add(
+        case("AveragePool_dilations", "AveragePool", 19)
+            .attr(attr_ints("kernel_shape", &[2, 2]))
+            .attr(attr_ints("dilations", &[2, 1]))
+            .attr(attr_ints("pads", &[1, 0, 1, 1]))
+            .input(g.f32(&[1, 2, 6, 5])),
+    );
+    s.add(
+        case("AveragePool_valid", "AveragePool", 18)
+            .attr(attr_ints("kernel_shape", &[3, 2]))
+            .attr(attr_ints("strides", &[2, 2]))
+            .attr(attr_string("auto_pad", "VALID"))
+            .input(g.f32(&[2, 2, 7, 6])),
+    );
+    s.run();
+}
