@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use crate::error::Result;
-use crate::regularizers::{InverseRate, LambdaMode, Regularizer};
+use crate::regularizers::{CrossNoise, CrossNorm, InverseRate, LambdaMode, Regularizer};
 use crate::train::loss::LossKind;
 use crate::train::optim::{OptimizerKind, Schedule};
 use crate::train::recipe::Recipe;
@@ -68,6 +68,24 @@ pub struct RecipeFlags {
     /// fills it in from the data).
     #[arg(long)]
     pub n_train: Option<usize>,
+    /// Cross-noise: glob of the noise sites (values or nodes).
+    #[arg(long)]
+    pub noise_layers: Option<String>,
+    /// Cross-noise: initial σ of every layer.
+    #[arg(long)]
+    pub init_sigma: Option<f64>,
+    /// Cross-regularization: noise draws averaged by the validation head.
+    #[arg(long)]
+    pub k: Option<usize>,
+    /// Cross-regularization: a validation step every R training steps.
+    #[arg(long)]
+    pub every: Option<usize>,
+    /// Cross-regularization: learning rate of the regularization parameters.
+    #[arg(long)]
+    pub val_lr: Option<f32>,
+    /// Cross-norm: glob of the weights to reparametrize.
+    #[arg(long)]
+    pub norm_layers: Option<String>,
 }
 
 impl RecipeFlags {
@@ -146,10 +164,20 @@ impl RecipeFlags {
                     r.regularizer = Regularizer::InverseRate(InverseRate::default());
                 }
             }
+            Some("cross-noise") => {
+                if !matches!(r.regularizer, Regularizer::CrossNoise(_)) {
+                    r.regularizer = Regularizer::CrossNoise(CrossNoise::default());
+                }
+            }
+            Some("cross-norm") => {
+                if !matches!(r.regularizer, Regularizer::CrossNorm(_)) {
+                    r.regularizer = Regularizer::CrossNorm(CrossNorm::default());
+                }
+            }
             Some(other) => {
                 return Err(crate::Error::flag(
                     "--regularizer",
-                    format!("unknown regularizer '{other}' (none, inverse-rate)"),
+                    format!("unknown regularizer '{other}' (none, inverse-rate, cross-noise, cross-norm)"),
                 ));
             }
         }
@@ -172,13 +200,48 @@ impl RecipeFlags {
                     ir.n_train = self.n_train;
                 }
             }
-            Regularizer::None if ir_flags => {
+            _ if ir_flags => {
                 return Err(crate::Error::flag(
                     "--rho/--lambda/--lambda-mode",
                     "need --regularizer inverse-rate",
                 ));
             }
+            Regularizer::CrossNoise(c) => {
+                if self.noise_layers.is_some() {
+                    c.layers = self.noise_layers.clone();
+                }
+                if let Some(v) = self.init_sigma {
+                    c.init_sigma = v;
+                }
+                if let Some(v) = self.k {
+                    c.k = v;
+                }
+                if let Some(v) = self.every {
+                    c.every = v;
+                }
+                if let Some(v) = self.val_lr {
+                    c.val_lr = v;
+                }
+            }
+            Regularizer::CrossNorm(c) => {
+                if self.norm_layers.is_some() {
+                    c.layers = self.norm_layers.clone();
+                }
+                if let Some(v) = self.every {
+                    c.every = v;
+                }
+                if let Some(v) = self.val_lr {
+                    c.val_lr = v;
+                }
+            }
             Regularizer::None => {}
+        }
+        let cross_flags = self.noise_layers.is_some() || self.init_sigma.is_some() || self.k.is_some();
+        if cross_flags && !matches!(r.regularizer, Regularizer::CrossNoise(_)) {
+            return Err(crate::Error::flag("--noise-layers/--init-sigma/--k", "need --regularizer cross-noise"));
+        }
+        if self.norm_layers.is_some() && !matches!(r.regularizer, Regularizer::CrossNorm(_)) {
+            return Err(crate::Error::flag("--norm-layers", "needs --regularizer cross-norm"));
         }
         r.validate()?;
         Ok(r)

@@ -120,7 +120,10 @@ pub fn run(a: Args) -> Result<()> {
         &art.input_dims,
         art.classes.filter(|_| !float_labels),
     )?;
-    let (train, val) = match (&a.val, a.val_fraction) {
+        // Cross-regularization learns on a validation split: 10 % of the data unless told.
+    let cross = art.val.is_some();
+    let val_fraction = a.val_fraction.or((cross && a.val.is_none()).then_some(0.1));
+    let (train, val) = match (&a.val, val_fraction) {
         (Some(v), _) => {
             let vd = load_npz(v, float_labels)?;
             validate(
@@ -150,7 +153,13 @@ pub fn run(a: Args) -> Result<()> {
         input: art.input.clone(),
         logits: art.logits.clone(),
         classification: recipe.loss == LossKind::CrossEntropy,
-        extras: art.extras.clone(),
+                extras: art.extras.clone(),
+        val: art.val.as_ref().map(|v| crate::runtime::trainer::ValSpec {
+            bytes: prost::Message::encode_to_vec(&v.graph.to_model()),
+            state: v.state.clone(),
+            every: v.every,
+            lr: v.lr,
+        }),
     };
     let mut trainer = Trainer::new(spec, &opts)?;
     write_artifacts(&a.output, &model, &recipe, &art)?;
@@ -158,7 +167,7 @@ pub fn run(a: Args) -> Result<()> {
     let info = RunInfo {
         data: abs(&a.data),
         val: a.val.as_ref().map(abs),
-        val_fraction: a.val_fraction,
+                val_fraction,
         seed: recipe.seed,
         device: a.device.to_string(),
     };

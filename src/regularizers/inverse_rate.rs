@@ -123,28 +123,53 @@ impl InverseRate {
         let one = f(b, 1.0);
         let kf = b.op("Max", &[&kf, &one]);
         let ki = b.op_a("Cast", &[&kf], vec![attr_int("to", DataType::Int64 as i64)]);
-        let zero = b.ints(&[0]);
         let axis0 = b.ints(&[0]);
-        let s1 = b.op("Slice", &[per, &zero, &ki, &axis0]);
+        // S1 and S2 as masks over the positions 0..m rather than slices: the backward pass
+        // of a mask is one Mul, that of a Slice with run-time bounds about twenty ops.
+        // S1 = positions < k, S2 = positions ≥ m − k.
+        let zero_s = b.constant::<i64>(&[], &[0]);
+        let one_s = b.constant::<i64>(&[], &[1]);
+        let m_s = b.op_a("Gather", &[&shape, &zero_s], vec![attr_int("axis", 0)]);
+        let pos = b.op("Range", &[&zero_s, &m_s, &one_s]);
+        let in1 = b.op("Less", &[&pos, &ki]);
         let start2 = b.op("Sub", &[&shape, &ki]);
-        let s2 = b.op("Slice", &[per, &start2, &shape, &axis0]);
-        let sum2 = b.op_a("ReduceSum", &[&s2, &axis0], vec![attr_int("keepdims", 0)]);
+        let in2 = b.op("GreaterOrEqual", &[&pos, &start2]);
+        let mask2 = b.op_a("Cast", &[&in2], vec![attr_int("to", dt as i64)]);
+        // log of the S1 mask: 0 inside S1, −∞ outside, added to the log-sum-exp's argument.
+        let mask1 = b.op_a("Cast", &[&in1], vec![attr_int("to", dt as i64)]);
+        let logmask1 = b.op("Log", &[&mask1]);
         let kfs = b.op_a("ReduceSum", &[&kf, &axis0], vec![attr_int("keepdims", 0)]); // [1] → scalar
-        let mean2 = b.op("Div", &[&sum2, &kfs]);
+        // mean_{S2}(ℓ) = Σ ℓ·(mask2/k): the weights carry no gradient, so the backward pass
+        // of the mean is the ReduceSum's broadcast and one Mul.
+        let w2 = b.op("Div", &[&mask2, &kfs]);
+        let l2 = b.op("Mul", &[per, &w2]);
+        let mean2 = b.op_a("ReduceSum", &[&l2, &axis0], vec![attr_int("keepdims", 0)]);
+        let two = f(b, 2.0);
+        let mean2x2 = b.op("Mul", &[&mean2, &two]);
         let lnk = b.op("Log", &[&kfs]);
-        // Ĵ for a λ vector Λ [G] (or a scalar): LSE over S1 of −Λ⊗ℓ, − ln k + Λ·mean2.
-        let lse = |b: &mut Builder, lam: &str, vector: bool| -> String {
+        // For λ (a scalar, or a grid Λ [G]): a = ln((1/k)·Σ_{S1} e^{−λℓ}) = LSE − ln k,
+        // Ĵ = a + λ·mean2 (forward only, for logging and the grid's rate) and the objective
+        // mean2 + Ĵ/λ written as 2·mean2 + a/λ (the authors' form), whose backward pass has
+        // no fan-in to sum.
+        let terms = |b: &mut Builder, lam: &str, vector: bool| -> (String, String) {
             let neg = b.op("Neg", &[lam]);
-            if vector {
+            let lse = if vector {
                 let col = b.ints(&[1]);
                 let lam_col = b.op("Unsqueeze", &[&neg, &col]); // [G,1]
-                let row = b.op("Unsqueeze", &[&s1, &axis0]); // [1,k]
-                let z = b.op("Mul", &[&lam_col, &row]); // [G,k]
+                let z = b.op("Mul", &[&lam_col, per]); // [G,m]
+                let z = b.op("Add", &[&z, &logmask1]);
                 reduce_lse(b, opset, &z, 1)
             } else {
-                let z = b.op("Mul", &[&s1, &neg]);
+                let z = b.op("Mul", &[per, &neg]);
+                let z = b.op("Add", &[&z, &logmask1]);
                 reduce_lse(b, opset, &z, 0)
-            }
+            };
+            let a = b.op("Sub", &[&lse, &lnk]);
+            let al = b.op("Div", &[&a, lam]);
+            let objective = b.op("Add", &[&al, &mean2x2]);
+            let lm = b.op("Mul", &[lam, &mean2]);
+            let jv = b.op("Add", &[&a, &lm]);
+            (objective, jv)
         };
         let (objective, j, lambda) = match (self.lambda_mode, lambda_in) {
             (LambdaMode::Grid, _) => {
@@ -158,10 +183,7 @@ impl InverseRate {
                     let g: Vec<f32> = self.grid.iter().map(|&v| v as f32).collect();
                     b.constant::<f32>(&[g.len() as i64], &g)
                 };
-                let l = lse(b, &lam, true);
-                let l = b.op("Sub", &[&l, &lnk]);
-                let lm = b.op("Mul", &[&lam, &mean2]);
-                let jv = b.op("Add", &[&l, &lm]); // [G]
+                let (objs, jv) = terms(b, &lam, true); // [G]
                 let sc = f(b, s);
                 let sj = b.op("Add", &[&jv, &sc]);
                 let rate = b.op("Div", &[&sj, &lam]);
@@ -170,8 +192,6 @@ impl InverseRate {
                     &[&rate],
                     vec![attr_int("axis", 0), attr_int("keepdims", 1)],
                 );
-                let jl = b.op("Div", &[&jv, &lam]);
-                let objs = b.op("Add", &[&jl, &mean2]);
                 let pick = |b: &mut Builder, v: &str| {
                     let g = b.op_a("Gather", &[v, &idx], vec![attr_int("axis", 0)]);
                     b.op_a("ReduceSum", &[&g, &axis0], vec![attr_int("keepdims", 0)])
@@ -180,21 +200,13 @@ impl InverseRate {
             }
             (LambdaMode::Validated, Some(log_l)) | (LambdaMode::Fixed, Some(log_l)) => {
                 let lam = b.op("Exp", &[log_l]);
-                let l = lse(b, &lam, false);
-                let l = b.op("Sub", &[&l, &lnk]);
-                let lm = b.op("Mul", &[&lam, &mean2]);
-                let jv = b.op("Add", &[&l, &lm]);
-                let jl = b.op("Div", &[&jv, &lam]);
-                (b.op("Add", &[&jl, &mean2]), jv, lam)
+                let (objective, jv) = terms(b, &lam, false);
+                (objective, jv, lam)
             }
             (LambdaMode::Fixed, None) => {
                 let lam = f(b, self.lambda);
-                let l = lse(b, &lam, false);
-                let l = b.op("Sub", &[&l, &lnk]);
-                let lm = b.op("Mul", &[&lam, &mean2]);
-                let jv = b.op("Add", &[&l, &lm]);
-                let jl = b.op("Div", &[&jv, &lam]);
-                (b.op("Add", &[&jl, &mean2]), jv, lam)
+                let (objective, jv) = terms(b, &lam, false);
+                (objective, jv, lam)
             }
             (LambdaMode::Validated, None) => {
                 return Err(Error::msg("validated λ needs its log λ input"));

@@ -35,6 +35,26 @@ pub struct Spec {
     pub classification: bool,
     /// Scalar diagnostics fetched each step and averaged per epoch.
     pub extras: Vec<String>,
+    /// Cross-regularization: the validation step and its state.
+    pub val: Option<ValSpec>,
+}
+
+/// The validation step of cross-regularization.
+pub struct ValSpec {
+    pub bytes: Vec<u8>,
+    pub state: Vec<StateEntry>,
+    pub every: usize,
+    pub lr: f32,
+}
+
+/// The validation step's session, state sets and bindings.
+struct ValRunner {
+    spec: ValSpec,
+    sess: Session,
+    sets: [Vec<DynTensor>; 2],
+    bindings: [IoBinding; 2],
+    current: usize,
+    steps: usize,
 }
 
 /// One epoch's metrics, as logged to `metrics.jsonl`.
@@ -89,10 +109,11 @@ pub struct Trainer {
     /// Which set holds the current state.
     current: usize,
     run_opts: RunOptions,
+    val: Option<ValRunner>,
 }
 
 impl Trainer {
-    pub fn new(spec: Spec, opts: &SessionOptions) -> Result<Trainer> {
+    pub fn new(mut spec: Spec, opts: &SessionOptions) -> Result<Trainer> {
         let train = session(&spec.train_bytes, opts)?;
         let eval = session(&spec.eval_bytes, opts)?;
         let alloc = match opts.device {
@@ -130,6 +151,10 @@ impl Trainer {
                 b.bind_output_to_device(x, &cpu)?;
             }
         }
+        let val = match spec.val.take() {
+            Some(vs) => Some(ValRunner::new(vs, opts, &alloc)?),
+            None => None,
+        };
         let mut run_opts = RunOptions::new()?;
         if matches!(opts.device, Device::Cuda(_)) {
             run_opts.disable_device_sync()?;
@@ -143,6 +168,7 @@ impl Trainer {
             bindings,
             current: 0,
             run_opts,
+            val,
         };
         let init: TensorMap = t
             .spec
@@ -156,12 +182,81 @@ impl Trainer {
                 ))
             })
             .collect::<Result<_>>()?;
+        let mut init = init;
+        if let Some(v) = t.val.as_ref() {
+            for e in &v.spec.state {
+                init.insert(e.name.clone(), (vec![], crate::proto::tensor_values::<f32>(&e.init)?));
+            }
+        }
         t.upload(&init)?;
         Ok(t)
     }
 
-    /// Copy host tensors into the current state set.
+    /// Bind the current regularization parameters as inputs of the training step.
+    fn bind_reg(&mut self) -> Result<()> {
+        let Some(v) = self.val.as_ref() else {
+            return Ok(());
+        };
+        for (i, e) in v.spec.state.iter().enumerate() {
+            if e.kind == crate::train::artifacts::StateKind::Param {
+                for b in self.bindings.iter_mut() {
+                    b.bind_input(&e.name, &v.sets[v.current][i])?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether this run has a validation step.
+    pub fn has_val_step(&self) -> bool {
+        self.val.is_some()
+    }
+
+    /// One validation step on a batch of the validation split: updates the
+    /// regularization parameters; returns the validation loss.
+    pub fn val_step(&mut self, x: Vec<f32>, xshape: &[usize], y: &Labels) -> Result<f32> {
+        let Some(v) = self.val.as_mut() else {
+            return Err(Error::msg("this run has no validation step"));
+        };
+        let n = xshape[0];
+        let xt = host_tensor(xshape, x)?;
+        let yt = labels_tensor(y, n)?;
+        v.steps += 1;
+        let lrt: DynTensor = Tensor::from_array((Vec::<usize>::new(), vec![v.spec.lr]))?.upcast();
+        let st: DynTensor =
+            Tensor::from_array((Vec::<usize>::new(), vec![v.steps as f32]))?.upcast();
+        let b = &mut v.bindings[v.current];
+        let inputs: Vec<String> = v
+            .sess
+            .inputs()
+            .iter()
+            .map(|i| i.name().to_string())
+            .collect();
+        for (i, e) in self.spec.state.iter().enumerate() {
+            if inputs.iter().any(|n| *n == e.name) {
+                b.bind_input(&e.name, &self.sets[self.current][i])?;
+            }
+        }
+        b.bind_input(&self.spec.input, &xt)?;
+        b.bind_input(LABELS, &yt)?;
+        b.bind_input(crate::train::artifacts::VAL_LR, &lrt)?;
+        b.bind_input(crate::train::artifacts::VAL_STEP, &st)?;
+        let outs = v.sess.run_binding(b)?;
+        let loss = outs[crate::train::artifacts::VAL_LOSS]
+            .try_extract_tensor::<f32>()?
+            .1[0];
+        drop(outs);
+        v.current ^= 1;
+        self.bind_reg()?;
+        Ok(loss)
+    }
+
+    /// Copy host tensors into the current state set (and the regularization state).
     pub fn upload(&mut self, tensors: &TensorMap) -> Result<()> {
+        if let Some(v) = self.val.as_mut() {
+            v.upload(tensors, self.device)?;
+        }
+        self.bind_reg()?;
         for (i, e) in self.spec.state.iter().enumerate() {
             let (shape, data) = tensors
                 .get(&e.name)
@@ -204,6 +299,34 @@ impl Trainer {
                 e.name.clone(),
                 (shape.iter().map(|&d| d as usize).collect(), data.to_vec()),
             );
+        }
+        if let Some(v) = self.val.as_ref() {
+            for (i, e) in v.spec.state.iter().enumerate() {
+                let host = v.sets[v.current][i].to(AllocationDevice::CPU, 0)?;
+                let (_, data) = host.try_extract_tensor::<f32>()?;
+                out.insert(e.name.clone(), (vec![], data.to_vec()));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The regularization parameters' current values (σ = exp(log σ) for noise layers,
+    /// ρ for the norm split), for logging.
+    pub fn reg_values(&self) -> Result<Vec<(String, f64)>> {
+        let Some(v) = self.val.as_ref() else {
+            return Ok(vec![]);
+        };
+        let mut out = vec![];
+        for (i, e) in v.spec.state.iter().enumerate() {
+            if e.kind != crate::train::artifacts::StateKind::Param {
+                continue;
+            }
+            let host = v.sets[v.current][i].to(AllocationDevice::CPU, 0)?;
+            let x = host.try_extract_tensor::<f32>()?.1[0] as f64;
+            match e.name.strip_suffix(".log_sigma") {
+                Some(base) => out.push((format!("{base}.sigma"), x.exp())),
+                None => out.push((e.name.clone(), x)),
+            }
         }
         Ok(out)
     }
@@ -271,6 +394,13 @@ impl Trainer {
                 binding.bind_input(&e.name, &self.sets[self.current][i])?;
             }
         }
+        if let Some(v) = self.val.as_ref() {
+            for (i, e) in v.spec.state.iter().enumerate() {
+                if self.eval.inputs().iter().any(|inp| inp.name() == e.name) {
+                    binding.bind_input(&e.name, &v.sets[v.current][i])?;
+                }
+            }
+        }
         let cpu = cpu_mem()?;
         binding.bind_output_to_device(&self.spec.logits, &cpu)?;
         binding.bind_output_to_device(PER_SAMPLE, &cpu)?;
@@ -287,6 +417,56 @@ impl Trainer {
             losses.extend_from_slice(outs[PER_SAMPLE].try_extract_tensor::<f32>()?.1);
         }
         Ok((logits, width, losses))
+    }
+}
+
+impl ValRunner {
+    fn new(spec: ValSpec, opts: &SessionOptions, alloc: &Allocator) -> Result<ValRunner> {
+        let sess = session(&spec.bytes, opts)?;
+        let mut sets: [Vec<DynTensor>; 2] = [vec![], vec![]];
+        for set in sets.iter_mut() {
+            for _ in &spec.state {
+                set.push(Tensor::<f32>::new(alloc, Vec::<usize>::new())?.upcast());
+            }
+        }
+        let mut bindings = [sess.create_binding()?, sess.create_binding()?];
+        for (k, b) in bindings.iter_mut().enumerate() {
+            let (src, dst) = if k == 0 { (0, 1) } else { (1, 0) };
+            for (i, e) in spec.state.iter().enumerate() {
+                b.bind_input(&e.name, &sets[src][i])?;
+                b.bind_output(&e.output, &mut sets[dst][i])?;
+            }
+            b.bind_output_to_device(crate::train::artifacts::VAL_LOSS, &cpu_mem()?)?;
+        }
+        Ok(ValRunner {
+            spec,
+            sess,
+            sets,
+            bindings,
+            current: 0,
+            steps: 0,
+        })
+    }
+
+    fn upload(&mut self, tensors: &TensorMap, device: Device) -> Result<()> {
+        for (i, e) in self.spec.state.iter().enumerate() {
+            let Some((_, data)) = tensors.get(&e.name) else {
+                return Err(Error::msg(format!(
+                    "the checkpoint has no tensor '{}'",
+                    e.name
+                )));
+            };
+            match device {
+                Device::Cpu => self.sets[self.current][i]
+                    .try_extract_tensor_mut::<f32>()?
+                    .1
+                    .copy_from_slice(data),
+                Device::Cuda(_) => {
+                    host_tensor(&[], data.clone())?.copy_into(&mut self.sets[self.current][i])?
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -361,6 +541,15 @@ pub fn fit(
     val: Option<&Dataset>,
     o: &FitOptions,
 ) -> Result<Vec<EpochLog>> {
+    if t.has_val_step() && val.is_none() {
+        return Err(Error::flag(
+            "--val",
+            "cross-regularization needs a validation split (--val V.npz or --val-fraction F)",
+        ));
+    }
+    // Validation batches for the regularization parameters cycle through the split.
+    let mut val_cursor = (0usize, 0usize); // (pass, position)
+    let mut val_order: Vec<usize> = vec![];
     let ckpt = o.run_dir.join(CHECKPOINT);
     let mut pos = Position::default();
     if o.resume {
@@ -474,6 +663,27 @@ pub fn fit(
                 *s += *v as f64;
             }
             pos.epoch_steps += 1;
+            if let (Some(vs), Some(every)) = (val, t.val.as_ref().map(|v| v.spec.every))
+                && (pos.step + 1) % every == 0
+            {
+                if val_cursor.1 == 0 || val_order.is_empty() {
+                    val_order = epoch_order(vs.len(), o.seed ^ 0x7a1_7a1, val_cursor.0);
+                }
+                let end = (val_cursor.1 + bs).min(vs.len());
+                let (vx, vshape, vy) = vs.batch(&val_order[val_cursor.1..end]);
+                let vl = t.val_step(vx, &vshape, &vy)?;
+                if !vl.is_finite() {
+                    return Err(Error::msg(format!(
+                        "the validation loss became {vl} at step {}; training stopped",
+                        pos.step + 1
+                    )));
+                }
+                val_cursor = if end >= vs.len() {
+                    (val_cursor.0 + 1, 0)
+                } else {
+                    (val_cursor.0, end)
+                };
+            }
             seen_now += chunk.len();
             if o.progress {
                 bar.inc(1);
@@ -536,6 +746,7 @@ pub fn fit(
                 .iter()
                 .zip(&pos.epoch_extra_sums)
                 .map(|(k, s)| (k.clone(), s / pos.epoch_steps.max(1) as f64))
+                .chain(t.reg_values()?)
                 .collect(),
         };
         if o.progress {

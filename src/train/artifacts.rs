@@ -46,7 +46,134 @@ pub struct Artifacts {
     pub classes: Option<i64>,
     /// Scalar diagnostics of the training step (regularizer value, Ĵ, λ*), logged per epoch.
     pub extras: Vec<String>,
+    /// Cross-regularization: `val_step.onnx`, which updates the regularization parameters
+    /// on the validation split, and its state (parameters and Adam slots). The training
+    /// step reads the regularization parameters as inputs and never updates them.
+    pub val: Option<ValStep>,
 }
+
+pub struct ValStep {
+    pub graph: Graph,
+    pub state: Vec<StateEntry>,
+    /// Validation steps happen every `every` training steps.
+    pub every: usize,
+    pub lr: f32,
+}
+
+/// Names of the validation step's scalar inputs and output.
+pub const VAL_LR: &str = "val_lr";
+pub const VAL_STEP: &str = "val_step";
+pub const VAL_LOSS: &str = "val_loss";
+
+/// Apply the cross-regularization reparametrization (noise sites or norm split) to a
+/// graph; returns the names of the regularization parameters it added.
+fn cross_rewrite(g: &mut Graph, recipe: &Recipe, logits: &str, seed_offset: u64) -> Result<Vec<String>> {
+    match &recipe.regularizer {
+        Regularizer::CrossNoise(c) => {
+            let sites = crate::regularizers::noise::select_sites(g, c.layers.as_deref(), logits)?;
+            let s0 = c.init_sigma.ln() as f32;
+            let seed = recipe.seed.wrapping_mul(31).wrapping_add(seed_offset);
+            crate::regularizers::noise::insert(g, &sites, &|_| s0, crate::regularizers::noise::Draw::Random(seed))
+        }
+        Regularizer::CrossNorm(c) => {
+            let w = crate::regularizers::norm::select(g, c.layers.as_deref())?;
+            crate::regularizers::norm::reparametrize(g, &w, &|_| None)
+        }
+        _ => Ok(vec![]),
+    }
+}
+
+/// The validation step: forward in inference mode with K noise draws per sample (the
+/// input is replicated along the batch), probabilities averaged over the draws, the NLL
+/// of the average (or the MSE for regression), gradients for the regularization
+/// parameters only, and an Adam update of them.
+fn build_val(model: &ModelProto, recipe: &Recipe, logits: &str, input: &str, rank: usize, theta: &[String]) -> Result<ValStep> {
+    let (k, every, lr) = match &recipe.regularizer {
+        Regularizer::CrossNoise(c) => (c.k, c.every, c.val_lr),
+        Regularizer::CrossNorm(c) => (1, c.every, c.val_lr),
+        _ => unreachable!("only cross-regularization has a validation step"),
+    };
+    let mut e = Graph::from_model(model.clone());
+    to_inference(&mut e);
+    if k > 1 {
+        crate::regularizers::noise::replicate_input(&mut e, input, k, rank)?;
+    }
+    let reg = cross_rewrite(&mut e, recipe, logits, 1)?;
+    let opset = e.opset();
+    let label_dt = if recipe.loss == LossKind::Mse { DataType::Float as i32 } else { DataType::Int64 as i32 };
+    let mut label_dims = vec![Dim::Param("N".into())];
+    if recipe.loss == LossKind::Mse
+        && let Some(s) = infer(&e).shape(logits)
+    {
+        label_dims.extend(s.iter().skip(1).map(|d| d.map(Dim::Fixed).unwrap_or(Dim::Param("C".into()))));
+    }
+    let mut b = Builder::new(&e, "validation");
+    b.prefix = "val/".into();
+    b.patch.add_inputs.push(value_info(LABELS, label_dt, &label_dims));
+    let loss_v = match recipe.loss {
+        LossKind::CrossEntropy => {
+            let p = b.op_a("Softmax", &[logits], vec![attr_int("axis", 1)]);
+            let shape = b.op("Shape", &[logits]);
+            let one = b.ints(&[1]);
+            let c = b.op_a("Gather", &[&shape, &one], vec![attr_int("axis", 0)]);
+            let head = b.ints(&[k as i64, -1]);
+            let s3 = b.op_a("Concat", &[&head, &c], vec![attr_int("axis", 0)]);
+            let p3 = b.op("Reshape", &[&p, &s3]);
+            let pbar = crate::train::loss::reduce_mean(&mut b, opset, &p3, &[0]);
+            let lp = b.op("Log", &[&pbar]);
+            let vals = b.constant::<f32>(&[2], &[0.0, 1.0]);
+            let oh = b.op_a("OneHot", &[LABELS, &c, &vals], vec![attr_int("axis", -1)]);
+            let pick = b.op("Mul", &[&lp, &oh]);
+            let s = b.op_a("ReduceSum", &[&pick, &one], vec![attr_int("keepdims", 0)]);
+            let m = crate::train::loss::reduce_mean(&mut b, opset, &s, &[0]);
+            b.op("Neg", &[&m])
+        }
+        LossKind::Mse => {
+            let d = b.op("Sub", &[logits, LABELS]);
+            let sq = b.op("Mul", &[&d, &d]);
+            crate::train::loss::reduce_mean(&mut b, opset, &sq, &[0, 1])
+        }
+    };
+    b.node_to("Identity", &[&loss_v], &[VAL_LOSS], vec![]);
+    e.apply(b.finish())?;
+    let grads = differentiate(&mut e, VAL_LOSS, &reg)?;
+    let theta_here: Vec<String> = theta.iter().filter(|t| e.initializer(t).is_some()).cloned().collect();
+    lift(&mut e, &theta_here);
+    let reg_t = lift(&mut e, &reg);
+    let opt = crate::train::optim::OptimizerConfig {
+        kind: crate::train::optim::OptimizerKind::Adamw,
+        weight_decay: 0.0,
+        ..Default::default()
+    };
+    let mut b = Builder::new(&e, "validation-optimizer");
+    b.prefix = "val_optim/".into();
+    b.patch.add_inputs.push(value_info(VAL_LR, DataType::Float as i32, &[]));
+    b.patch.add_inputs.push(value_info(VAL_STEP, DataType::Float as i32, &[]));
+    let mut outputs = vec![value_info(VAL_LOSS, DataType::Float as i32, &[])];
+    let mut state = vec![];
+    for ((p, gname), t) in reg.iter().zip(&grads).zip(&reg_t) {
+        let slots = opt.slots(p);
+        let p_out = b.fresh_exact(&format!("{p}_new"));
+        let slot_outs: Vec<String> = slots.iter().map(|s| b.fresh_exact(&format!("{s}_new"))).collect();
+        for s in &slots {
+            b.patch.add_inputs.push(value_info(s, DataType::Float as i32, &[]));
+        }
+        opt.update(&mut b, p, gname, 0, VAL_LR, VAL_STEP, &slots, &p_out, &slot_outs);
+        outputs.push(value_info(&p_out, DataType::Float as i32, &[]));
+        state.push(StateEntry { name: p.clone(), output: p_out, kind: StateKind::Param, dims: vec![], init: t.clone() });
+        for (s, so) in slots.iter().zip(slot_outs) {
+            outputs.push(value_info(&so, DataType::Float as i32, &[]));
+            let init = crate::proto::tensor::<f32>(s, &[], &[0.0]);
+            state.push(StateEntry { name: s.clone(), output: so, kind: StateKind::Slot, dims: vec![], init });
+        }
+    }
+    e.apply(b.finish())?;
+    e.outputs = outputs;
+    e.remove_dead();
+    e.check("val_step")?;
+    Ok(ValStep { graph: e, state, every, lr })
+}
+
 
 /// Names of the scalar inputs and outputs of `train_step.onnx`.
 pub const LR: &str = "lr";
@@ -158,6 +285,7 @@ pub fn build(model: &ModelProto, recipe: &Recipe) -> Result<Artifacts> {
         .collect();
     let (input, input_dims) = data_input(&g)?;
     let logits = find_logits(&g, recipe.logits.as_deref())?;
+    let reg = cross_rewrite(&mut g, recipe, &logits, 0)?;
     let head = add_loss(&mut g, recipe.loss, &logits)?;
     if head.labels != LABELS || head.loss != LOSS {
         return Err(Error::msg(
@@ -206,6 +334,8 @@ pub fn build(model: &ModelProto, recipe: &Recipe) -> Result<Artifacts> {
     let ptensors = lift(&mut g, &params);
     let bnames: Vec<String> = buffers.iter().map(|(b, _)| b.clone()).collect();
     let btensors = lift(&mut g, &bnames);
+    // Regularization parameters are plain inputs of the training step: no gradient, no update.
+    lift(&mut g, &reg);
     let mut state = vec![];
     let mut b = Builder::new(&g, "optimizer");
     b.prefix = "optim/".into();
@@ -306,9 +436,17 @@ pub fn build(model: &ModelProto, recipe: &Recipe) -> Result<Artifacts> {
     g.remove_dead();
     g.check("train_step")?;
 
-    // ---- eval.onnx: same state inputs, inference mode.
+    // ---- val_step.onnx (cross-regularization)
+    let theta: Vec<String> = state.iter().filter(|s| s.kind != StateKind::Slot).map(|s| s.name.clone()).collect();
+    let rank = input_dims.len().max(1);
+    let val = if reg.is_empty() { None } else { Some(build_val(model, recipe, &logits, &input, rank, &theta)?) };
+
+    // ---- eval.onnx: same state inputs, inference mode, the deterministic predictive
+    // (noise removed; the norm split applied with ρ as an input).
     let mut e = Graph::from_model(model.clone());
     to_inference(&mut e);
+    let eval_reg = if matches!(recipe.regularizer, Regularizer::CrossNorm(_)) { cross_rewrite(&mut e, recipe, &logits, 2)? } else { vec![] };
+    lift(&mut e, &eval_reg);
     let eh = add_loss(&mut e, recipe.loss, &logits)?;
     let names: Vec<String> = state
         .iter()
@@ -372,5 +510,6 @@ pub fn build(model: &ModelProto, recipe: &Recipe) -> Result<Artifacts> {
         logits,
         classes,
         extras,
+        val,
     })
 }

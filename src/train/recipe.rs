@@ -66,8 +66,22 @@ impl Recipe {
         if !(0.0..1.0).contains(&self.optimizer.momentum) {
             return Err(Error::flag("optimizer.momentum", "must be in [0, 1)"));
         }
-        if let Regularizer::InverseRate(ir) = &self.regularizer {
-            ir.validate()?;
+        match &self.regularizer {
+            Regularizer::InverseRate(ir) => ir.validate()?,
+            Regularizer::CrossNoise(c) => {
+                if c.k == 0 || c.every == 0 {
+                    return Err(Error::flag("--k/--every", "must be at least 1"));
+                }
+                if !(c.init_sigma > 0.0 && c.init_sigma.is_finite()) {
+                    return Err(Error::flag("--init-sigma", "must be positive"));
+                }
+            }
+            Regularizer::CrossNorm(c) => {
+                if c.every == 0 {
+                    return Err(Error::flag("--every", "must be at least 1"));
+                }
+            }
+            Regularizer::None => {}
         }
         Ok(())
     }
