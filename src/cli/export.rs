@@ -1,7 +1,7 @@
 use std::path::PathBuf;
 
 use crate::error::{Error, Result};
-use crate::export::{OutputKind, finish, inference_graph, load_run, parse_outputs, temperature};
+use crate::export::{OutputKind, check_data, check_labels, finish, inference_graph, load_run, parse_outputs, temperature};
 use crate::io::{External, save_model};
 use crate::runtime::data::{Labels, load_npz};
 use crate::runtime::{SessionOptions, predict, session};
@@ -38,29 +38,44 @@ pub fn run(a: Args) -> Result<()> {
         "none" => false,
         other => return Err(Error::flag("--calibrate", format!("unknown calibration '{other}' (temperature, none)"))),
     };
-    if a.predictive != "deterministic" {
-        return Err(Error::flag("--predictive", format!("'{}' needs noise layers; this run has none (use deterministic)", a.predictive)));
-    }
-    let run = load_run(&a.run)?;
-    let val = match (&a.val, crate::cli::train::RunInfo::load(&a.run)) {
-        (Some(v), _) => Some((load_npz(v, false)?, v.display().to_string())),
-        (None, Some(info)) => info.val_dataset()?.map(|d| (d, "the run's validation split".to_string())),
-        (None, None) => None,
+        let mc: Option<usize> = match a.predictive.as_str() {
+        "deterministic" => None,
+        p => match p.strip_prefix("mc:").map(str::parse::<usize>) {
+            Some(Ok(k)) if k >= 1 => Some(k),
+            _ => return Err(Error::flag("--predictive", format!("'{p}' is not deterministic or mc:K with K ≥ 1"))),
+        },
     };
-    let (g, logits) = inference_graph(&run)?;
+    let run = load_run(&a.run)?;
+        let (g, logits) = match mc {
+        Some(k) => crate::export::mc_graph(&run, k)?,
+        None => inference_graph(&run)?,
+    };
     let mut t = 1.0;
     let mut meta = vec![("regraft.recipe".to_string(), run.recipe.to_toml())];
     if calibrate {
-        let (ds, vp) = val.ok_or_else(|| Error::flag("--calibrate temperature", "needs validation data: pass --val V.npz (the run had none)"))?;
+        // Validation data only when it is used: `--calibrate none` works on a run whose
+        // data has moved.
+        let need = || Error::flag("--calibrate temperature", "needs validation data: pass --val V.npz (the run had none)");
+        let (ds, path, what) = match &a.val {
+            Some(v) => (load_npz(v, false)?, v.clone(), v.display().to_string()),
+            None => {
+                let info = crate::cli::train::RunInfo::load(&a.run).ok_or_else(need)?;
+                let ds = info.val_dataset()?.ok_or_else(need)?;
+                (ds, info.val.clone().unwrap_or_else(|| info.data.clone()), "the run's validation split".to_string())
+            }
+        };
+        let model = g.to_model();
+        check_data(&model, &ds, &path)?;
         let Labels::Classes(y) = &ds.y else { unreachable!("class labels") };
-        let bytes = prost::Message::encode_to_vec(&g.to_model());
+        let bytes = prost::Message::encode_to_vec(&model);
         let mut s = session(&bytes, &SessionOptions::default())?;
         let (z, c) = predict(&mut s, &ds, 512, None)?;
+        check_labels(y, c, &path)?;
         let (fit_t, before, after) = temperature::fit(&z, c, y);
         t = fit_t;
         meta.push(("regraft.temperature".into(), format!("{t}")));
         meta.push(("regraft.val_nll".into(), serde_json::json!({"before": before, "after": after}).to_string()));
-        eprintln!("temperature {t:.4}: validation NLL {before:.4} → {after:.4} ({vp})");
+        eprintln!("temperature {t:.4}: validation NLL {before:.4} → {after:.4} ({what})");
     }
     let g = finish(g, &logits, t, &outputs, meta)?;
     let model = g.to_model();

@@ -10,6 +10,41 @@
 
 pub mod temperature;
 
+/// The MC predictive of a cross-noise run: K fixed noise draws at every noise site
+/// with the learned σ, the input replicated K times and the probabilities averaged
+/// inside the graph. The draws are baked into the model, so its outputs are
+/// deterministic and identical on every runtime. Its "logits" output is log p̄.
+pub fn mc_graph(run: &Run, k: usize) -> Result<(Graph, String)> {
+    let crate::regularizers::Regularizer::CrossNoise(cfg) = &run.recipe.regularizer else {
+        return Err(Error::flag("--predictive mc:K", "needs a run trained with --regularizer cross-noise"));
+    };
+    let (mut g, logits) = inference_graph(run)?;
+    let input = g.real_inputs().next().map(|i| i.name().to_string()).ok_or_else(|| Error::msg("the model has no input"))?;
+    let rank = crate::ir::infer::infer(&g).rank(&input).unwrap_or(2);
+    crate::regularizers::noise::replicate_input(&mut g, &input, k, rank)?;
+    let sites = crate::regularizers::noise::select_sites(&g, cfg.layers.as_deref(), &logits)?;
+    let state = &run.state;
+    let log_sigma = |site: &str| -> f32 {
+        state.get(&crate::regularizers::noise::param_name(site)).map(|(_, v)| v[0]).unwrap_or(cfg.init_sigma.ln() as f32)
+    };
+    crate::regularizers::noise::insert(&mut g, &sites, &log_sigma, crate::regularizers::noise::Draw::Fixed { k, seed: run.recipe.seed })?;
+    let opset = g.opset();
+    let mut b = Builder::new(&g, "mc-predictive");
+    b.prefix = "mc/".into();
+    let p = b.op_a("Softmax", &[&logits], vec![attr_int("axis", 1)]);
+    let shape = b.op("Shape", &[&logits]);
+    let one = b.ints(&[1]);
+    let c = b.op_a("Gather", &[&shape, &one], vec![attr_int("axis", 0)]);
+    let head = b.ints(&[k as i64, -1]);
+    let s3 = b.op_a("Concat", &[&head, &c], vec![attr_int("axis", 0)]);
+    let p3 = b.op("Reshape", &[&p, &s3]);
+    let pbar = crate::train::loss::reduce_mean(&mut b, opset, &p3, &[0]);
+    let lp = b.op("Log", &[&pbar]);
+    b.patch.replace.push((logits.clone(), lp));
+    g.apply(b.finish())?;
+    Ok((g, logits))
+}
+
 use std::collections::HashSet;
 use std::path::Path;
 
@@ -17,6 +52,7 @@ use crate::error::{Error, Result};
 use crate::ir::{Builder, Graph};
 use crate::proto::{DataType, Dim, ModelProto, StringStringEntryProto, attr_int, value_info};
 use crate::runtime::checkpoint;
+use crate::runtime::data::{Dataset, validate};
 use crate::runtime::trainer::CHECKPOINT;
 use crate::train::artifacts::to_inference;
 use crate::train::loss::find_logits;
@@ -50,6 +86,46 @@ pub fn parse_outputs(s: &str) -> Result<Vec<OutputKind>> {
         ));
     }
     Ok(v)
+}
+
+/// Check a dataset's sample shape against a model's only data input (the labels are
+/// checked once the number of classes is known), so that a mismatch is reported in one
+/// line naming the file instead of as an ONNX Runtime error.
+pub fn check_data(model: &ModelProto, ds: &Dataset, path: &Path) -> Result<()> {
+    let g = model
+        .graph
+        .as_ref()
+        .ok_or_else(|| Error::msg("the model has no graph"))?;
+    let inits: HashSet<&str> = g.initializer.iter().map(|t| t.name()).collect();
+    let ins: Vec<_> = g
+        .input
+        .iter()
+        .filter(|i| !inits.contains(i.name()))
+        .collect();
+    let [input] = ins.as_slice() else {
+        return Err(Error::msg(format!(
+            "the model has {} data inputs; regraft evaluates models with exactly one",
+            ins.len()
+        )));
+    };
+    let dims = crate::proto::tensor_type(input)
+        .and_then(|t| t.1)
+        .unwrap_or_default();
+    validate(ds, path, input.name(), &dims, None)
+}
+
+/// Class labels must index the model's `c` outputs.
+pub fn check_labels(y: &[i64], c: usize, path: &Path) -> Result<()> {
+    match y.iter().enumerate().find(|&(_, &v)| v < 0 || v as usize >= c) {
+        Some((i, &bad)) => Err(Error::file(
+            path,
+            format!(
+                "label {bad} of sample {i} is out of range: the model has {c} classes (0..{})",
+                c.saturating_sub(1)
+            ),
+        )),
+        None => Ok(()),
+    }
 }
 
 /// A run folder's pieces needed for export.
@@ -106,7 +182,12 @@ pub fn inference_graph(run: &Run) -> Result<(Graph, String)> {
                 t.dims
             )));
         }
-        *t = crate::proto::tensor::<f32>(name, &dims, data);
+        // The norm split (cross-norm) is folded: w = ρ·v/‖v‖ with the learned ρ.
+        let data = match run.state.get(&crate::regularizers::norm::param_name(name)) {
+            Some((_, rho)) => crate::regularizers::norm::fold(data, rho[0]),
+            None => data.clone(),
+        };
+        *t = crate::proto::tensor::<f32>(name, &dims, &data);
     }
     let lv = g.outputs.iter().find(|o| o.name() == logits).cloned();
     g.outputs = vec![lv.unwrap_or_else(|| {
@@ -130,12 +211,17 @@ pub fn finish(
 ) -> Result<Graph> {
     let mut b = Builder::new(&g, "export");
     b.prefix = "export/".into();
-    if t != 1.0 {
-        // The scaled logits take over the name `logits` (and every consumer of it).
+    // The scaled logits take over the name `logits` (and every consumer of it). Nodes of
+    // this same patch that read `logits` would get the unscaled value (that is how a
+    // patch refers to what it replaces), so the Softmax below reads `scaled`.
+    let scaled = if t != 1.0 {
         let tv = b.scalar_of(DataType::Float as i32, t);
         let d = b.op("Div", &[logits, &tv]);
-        b.patch.replace.push((logits.to_string(), d));
-    }
+        b.patch.replace.push((logits.to_string(), d.clone()));
+        d
+    } else {
+        logits.to_string()
+    };
     let mut outs = vec![];
     for o in outputs {
         match o {
@@ -146,7 +232,7 @@ pub fn finish(
             )),
             OutputKind::Probs => {
                 let p = b.fresh_exact("probs");
-                b.node_to("Softmax", &[logits], &[&p], vec![attr_int("axis", 1)]);
+                b.node_to("Softmax", &[&scaled], &[&p], vec![attr_int("axis", 1)]);
                 outs.push(value_info(
                     &p,
                     DataType::Float as i32,
