@@ -1,6 +1,25 @@
 //! Classification metrics as the papers report them: Top-1, Top-5, NLL, NLL variance
 //! (population variance of the per-sample NLL), ECE (equal-width confidence bins, L1)
 //! and the Brier score. All take probabilities or logits row-major [N, C].
+//!
+//! Conventions (checked against torchmetrics, netcal, torch and numpy by
+//! `tests/eval_metrics_fixture.rs`, fixture made by
+//! `tests/fixtures/metrics/make_metrics_fixture.py`):
+//! - The prediction is the first class holding the row's maximum (as `torch.max`,
+//!   `numpy.argmax`); its probability is the confidence.
+//! - Top-k: the label is among the first k classes of a stable descending sort of the
+//!   row, i.e. ties are broken by the lower class index, the same way as the prediction,
+//!   so Top-1 is the accuracy of the prediction.
+//! - NLL: −ln max(p_y, 1e-300), so a saturated wrong prediction (p_y exactly 0 in
+//!   float32) counts 690.8 rather than infinity.
+//! - ECE: B bins [i/B, (i+1)/B), the last one closed: bin = min(⌊cB⌋, B − 1); the sum
+//!   over bins of |Σ(correct − confidence)| / N. This is torchmetrics' binning
+//!   (`MulticlassCalibrationError`, `torch.bucketize(right=True)`), except that
+//!   torchmetrics puts a confidence of exactly 1.0 into an extra bin of its own, and
+//!   netcal's (`netcal.metrics.ECE`, numpy histograms) exactly. Guo et al.'s
+//!   temperature-scaling code closes the bins on the right instead; the conventions
+//!   differ only for confidences exactly on an inner edge.
+//! - Brier: the mean over samples of Σ_k (p_k − [k = y])², in [0, 2].
 
 use serde::{Deserialize, Serialize};
 
@@ -49,45 +68,50 @@ pub struct Metrics {
     pub bins: usize,
 }
 
+/// The ECE bin of a confidence in [0, 1]: bins [i/B, (i+1)/B), the last one closed.
+pub fn ece_bin(conf: f64, bins: usize) -> usize {
+    ((conf * bins as f64).floor().max(0.0) as usize).min(bins - 1)
+}
+
+/// The prediction of a row: the first class holding its maximum.
+pub fn predicted(row: &[f64]) -> usize {
+    row.iter()
+        .enumerate()
+        .fold(0, |b, (i, &v)| if v > row[b] { i } else { b })
+}
+
 /// All metrics from probabilities `p` [N, C] (rows sum to 1) and labels.
 pub fn from_probs(p: &[f64], c: usize, y: &[i64], bins: usize) -> Metrics {
     let n = y.len();
     let (mut top1, mut top5, mut brier) = (0usize, 0usize, 0.0f64);
     let mut nll = Vec::with_capacity(n);
-    let mut bin_conf = vec![0.0f64; bins];
-    let mut bin_acc = vec![0.0f64; bins];
-    let mut bin_n = vec![0usize; bins];
+    let mut bin_gap = vec![0.0f64; bins];
     for (row, &label) in p.chunks_exact(c).zip(y) {
         let label = label as usize;
         let py = row[label];
         nll.push(-(py.max(1e-300)).ln());
-        // Rank of the true class: how many classes have strictly higher probability.
-        let higher = row.iter().filter(|&&v| v > py).count();
-        let pred = row
+        // Position of the label in a stable descending sort of the row.
+        let rank = row
             .iter()
             .enumerate()
-            .fold(0, |b, (i, &v)| if v > row[b] { i } else { b });
+            .filter(|&(k, &v)| v > py || (v == py && k < label))
+            .count();
+        let pred = predicted(row);
+        debug_assert_eq!(rank == 0, pred == label);
         top1 += (pred == label) as usize;
-        top5 += (higher < 5) as usize;
+        top5 += (rank < 5) as usize;
         brier += row
             .iter()
             .enumerate()
             .map(|(k, &v)| (v - if k == label { 1.0 } else { 0.0 }).powi(2))
             .sum::<f64>();
         let conf = row[pred];
-        // Bins (i/B, (i+1)/B]; a confidence of exactly 0 goes to the first bin.
-        let b = ((conf * bins as f64).ceil() as usize).clamp(1, bins) - 1;
-        bin_conf[b] += conf;
-        bin_acc[b] += (pred == label) as usize as f64;
-        bin_n[b] += 1;
+        bin_gap[ece_bin(conf, bins)] += (pred == label) as usize as f64 - conf;
     }
     let nf = n.max(1) as f64;
     let mean_nll = nll.iter().sum::<f64>() / nf;
     let var = nll.iter().map(|v| (v - mean_nll).powi(2)).sum::<f64>() / nf;
-    let ece = (0..bins)
-        .map(|b| (bin_acc[b] - bin_conf[b]).abs())
-        .sum::<f64>()
-        / nf;
+    let ece = bin_gap.iter().map(|g| g.abs()).sum::<f64>() / nf;
     Metrics {
         n,
         top1: top1 as f64 / nf,

@@ -17,7 +17,9 @@ struct Canvas {
 
 impl Canvas {
     fn new() -> Canvas {
-        Canvas { px: vec![255; W * H * 3] }
+        Canvas {
+            px: vec![255; W * H * 3],
+        }
     }
     fn set(&mut self, x: usize, y: usize, c: [u8; 3]) {
         if x < W && y < H {
@@ -51,8 +53,8 @@ pub fn reliability_png(path: &Path, p: &[f64], c: usize, y: &[i64], bins: usize)
     let mut acc = vec![0.0; bins];
     let mut cnt = vec![0usize; bins];
     for (row, &label) in p.chunks_exact(c).zip(y) {
-        let pred = row.iter().enumerate().fold(0, |b, (i, &v)| if v > row[b] { i } else { b });
-        let b = ((row[pred] * bins as f64).ceil() as usize).clamp(1, bins) - 1;
+        let pred = super::predicted(row);
+        let b = super::ece_bin(row[pred], bins);
         conf[b] += row[pred];
         acc[b] += (pred == label as usize) as u8 as f64;
         cnt[b] += 1;
@@ -67,8 +69,20 @@ pub fn reliability_png(path: &Path, p: &[f64], c: usize, y: &[i64], bins: usize)
         if cnt[b] > 0 {
             let a = acc[b] / cnt[b] as f64;
             let m = conf[b] / cnt[b] as f64;
-            cv.rect(x0, base - (a * PLOT as f64) as usize, x1, base, [70, 110, 200]);
-            cv.outline(x0, base - (m * PLOT as f64) as usize, x1, base, [120, 120, 120]);
+            cv.rect(
+                x0,
+                base - (a * PLOT as f64) as usize,
+                x1,
+                base,
+                [70, 110, 200],
+            );
+            cv.outline(
+                x0,
+                base - (m * PLOT as f64) as usize,
+                x1,
+                base,
+                [120, 120, 120],
+            );
         }
         let h = (cnt[b] as f64 / maxc as f64 * 60.0) as usize;
         cv.rect(x0, H - 20 - h, x1, H - 20, [160, 160, 160]);
@@ -81,9 +95,16 @@ pub fn reliability_png(path: &Path, p: &[f64], c: usize, y: &[i64], bins: usize)
     let mut enc = png::Encoder::new(&mut buf, W as u32, H as u32);
     enc.set_color(png::ColorType::Rgb);
     enc.set_depth(png::BitDepth::Eight);
-    enc.add_text_chunk("Title".into(), "reliability diagram (x: confidence, y: accuracy)".into()).map_err(|e| Error::file(path, e.to_string()))?;
-    let mut w = enc.write_header().map_err(|e| Error::file(path, e.to_string()))?;
-    w.write_image_data(&cv.px).map_err(|e| Error::file(path, e.to_string()))?;
+    enc.add_text_chunk(
+        "Title".into(),
+        "reliability diagram (x: confidence, y: accuracy)".into(),
+    )
+    .map_err(|e| Error::file(path, e.to_string()))?;
+    let mut w = enc
+        .write_header()
+        .map_err(|e| Error::file(path, e.to_string()))?;
+    w.write_image_data(&cv.px)
+        .map_err(|e| Error::file(path, e.to_string()))?;
     w.finish().map_err(|e| Error::file(path, e.to_string()))?;
     crate::io::write_atomic(path, |f| std::io::Write::write_all(f, &buf))
 }
