@@ -69,6 +69,13 @@ impl Hasher for NameHasher {
 pub type NameSet<T> = HashSet<T, BuildHasherDefault<NameHasher>>;
 pub type NameMap<K, V> = HashMap<K, V, BuildHasherDefault<NameHasher>>;
 
+/// Whether every patch is followed by the validity check: always in debug builds, and
+/// in release builds when `REGRAFT_CHECK=1` (the test suite sets it).
+pub fn checks_enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| cfg!(debug_assertions) || std::env::var_os("REGRAFT_CHECK").is_some_and(|v| v == "1"))
+}
+
 /// Hands out names that are unique across values, nodes and initializers of a graph.
 #[derive(Default, Debug)]
 pub struct NameAuthority {
