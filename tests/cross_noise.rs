@@ -1,0 +1,379 @@
+//! Issue #6, item 4 and the CNN: cross-regularization with learned noise
+//! (`--regularizer cross-noise`).
+//!
+//! - The learned σ of every noise site stays positive and finite, epoch by epoch
+//!   (`noise.*.sigma` in metrics.jsonl), and actually moves.
+//! - The weights never see validation data: with σ frozen (`--val-lr 0`), two runs with
+//!   the same seed and different validation files (the real split, or 150 samples of
+//!   random pixels and random labels) end with bit-identical weights, optimizer slots
+//!   and BatchNormalization statistics. The noise of the training step comes from the
+//!   training session's own generator (seeded from the recipe), so a validation step
+//!   with a different number of draws must not shift it either.
+//! - Structurally, for the noise and the norm variants: `train_step.onnx` reads the
+//!   regularization parameters as plain inputs, computes no gradient for them and
+//!   outputs no update of them, and has no input besides the batch, the step scalars and
+//!   the state; `val_step.onnx` outputs only the validation loss and the regularization
+//!   parameters' updates (with their Adam slots), never a weight.
+//! - On the CNN (Conv + BatchNormalization) cross-noise trains and exports, both the
+//!   deterministic and the `mc:8` predictive; export cross-checks ONNX Runtime against
+//!   tract itself and fails on disagreement.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use regraft::runtime::checkpoint;
+
+fn regraft_ok(args: &[&std::ffi::OsStr]) -> String {
+    let out = common::regraft(args);
+    assert!(
+        out.status.success(),
+        "regraft {:?} failed:\n{}",
+        args,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
+fn os(s: &str) -> &std::ffi::OsStr {
+    s.as_ref()
+}
+
+/// `regraft train models/mlp.onnx` on the digits training split with cross-noise.
+fn train_mlp(run: &Path, extra: &[&str]) {
+    let mut args: Vec<&std::ffi::OsStr> = vec![
+        os("train"),
+        os("models/mlp.onnx"),
+        os("--data"),
+        os("tests/data/digits_train.npz"),
+        os("--regularizer"),
+        os("cross-noise"),
+        os("--threads"),
+        os("1"),
+        os("--quiet"),
+        os("-o"),
+        run.as_os_str(),
+    ];
+    args.extend(extra.iter().map(|s| os(s)));
+    regraft_ok(&args);
+}
+
+fn metrics(run: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .expect("metrics.jsonl")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect()
+}
+
+#[test]
+fn learned_sigma_stays_positive_and_finite_every_epoch() {
+    let dir = common::tempdir();
+    let run = dir.path().join("run");
+    // The default validation split (10 % of --data), a validation step every 5 steps.
+    train_mlp(
+        &run,
+        &[
+            "--epochs",
+            "5",
+            "--every",
+            "5",
+            "--val-lr",
+            "0.05",
+            "--init-sigma",
+            "0.5",
+        ],
+    );
+    let logs = metrics(&run);
+    assert_eq!(logs.len(), 5);
+    let mut last = vec![];
+    for l in &logs {
+        let sig: Vec<(String, f64)> = l["diagnostics"]
+            .as_object()
+            .expect("diagnostics")
+            .iter()
+            .filter(|(k, _)| k.starts_with("noise.") && k.ends_with(".sigma"))
+            .map(|(k, v)| (k.clone(), v.as_f64().expect("a number")))
+            .collect();
+        assert_eq!(sig.len(), 2, "one σ per hidden Gemm of the MLP: {l}");
+        for (k, s) in &sig {
+            assert!(s.is_finite() && *s > 0.0, "epoch {}: {k} = {s}", l["epoch"]);
+        }
+        last = sig;
+    }
+    assert!(
+        last.iter().any(|(_, s)| (s / 0.5 - 1.0).abs() > 1e-3),
+        "σ did not move from its initial 0.5: {last:?}"
+    );
+    // The checkpoint holds log σ, consistent with the logged σ.
+    let ck = checkpoint::load(&run.join("checkpoint.safetensors")).unwrap();
+    for (k, s) in &last {
+        let name = format!("{}.log_sigma", k.trim_end_matches(".sigma"));
+        let (_, v) = &ck.tensors[&name];
+        assert!(((v[0] as f64).exp() / s - 1.0).abs() < 1e-6, "{name}");
+    }
+}
+
+/// 150 samples of random pixels with random labels, in the digits format.
+fn garbage_val(path: &Path) {
+    let script = "import sys, numpy as np\n\
+         sys.path.insert(0, 'tools')\n\
+         from regraft_npz import save_npz\n\
+         r = np.random.default_rng(123)\n\
+         save_npz(sys.argv[1], {'x': r.random((150, 64), dtype=np.float32), \
+         'y': r.integers(0, 10, 150).astype(np.int64)})\n";
+    common::run_ok(
+        Command::new(common::python())
+            .current_dir(common::root())
+            .arg("-c")
+            .arg(script)
+            .arg(path),
+    );
+}
+
+#[test]
+fn weights_never_see_validation_data() {
+    let dir = common::tempdir();
+    let garbage = dir.path().join("garbage_val.npz");
+    garbage_val(&garbage);
+    let real = common::root().join("tests/data/digits_val.npz");
+    let runs: Vec<PathBuf> = ["real", "garbage"]
+        .iter()
+        .map(|n| dir.path().join(n))
+        .collect();
+    std::thread::scope(|s| {
+        for (run, val) in runs.iter().zip([&real, &garbage]) {
+            s.spawn(move || {
+                train_mlp(
+                    run,
+                    &[
+                        "--epochs",
+                        "3",
+                        "--every",
+                        "2",
+                        "--val-lr",
+                        "0",
+                        "--init-sigma",
+                        "0.3",
+                        "--val",
+                        val.to_str().unwrap(),
+                    ],
+                )
+            });
+        }
+    });
+    // The validation files really differ, and were used.
+    let (la, lb) = (metrics(&runs[0]), metrics(&runs[1]));
+    assert_ne!(la[2]["val_loss"], lb[2]["val_loss"]);
+    let a = checkpoint::load(&runs[0].join("checkpoint.safetensors")).unwrap();
+    let b = checkpoint::load(&runs[1].join("checkpoint.safetensors")).unwrap();
+    assert_eq!(
+        a.tensors.keys().collect::<Vec<_>>(),
+        b.tensors.keys().collect::<Vec<_>>()
+    );
+    let mut compared = 0;
+    for (name, (shape, va)) in &a.tensors {
+        if name.starts_with("noise.") {
+            continue; // the validation step's own state
+        }
+        let (shape_b, vb) = &b.tensors[name];
+        assert_eq!(shape, shape_b, "{name}");
+        let same = va.iter().zip(vb).all(|(x, y)| x.to_bits() == y.to_bits());
+        assert!(
+            same,
+            "'{name}' differs between runs that differ only in their validation data"
+        );
+        compared += 1;
+    }
+    assert_eq!(compared, 12, "6 parameters and 6 momentum slots");
+    // With --val-lr 0 σ stayed at its initial value.
+    let s0 = (0.3f64).ln() as f32;
+    for (name, (_, v)) in a.tensors.iter().chain(&b.tensors) {
+        if name.ends_with(".log_sigma") {
+            assert_eq!(v[0].to_bits(), s0.to_bits(), "{name}");
+        }
+    }
+    // And the weights did train.
+    let init = checkpoint::load(&runs[0].join("state.safetensors")).unwrap();
+    assert_ne!(init.tensors["fc1.weight"].1, a.tensors["fc1.weight"].1);
+}
+
+/// Real inputs (not initializers) and outputs of an ONNX file, and its node outputs.
+fn io_of(path: &Path) -> (BTreeSet<String>, Vec<String>, BTreeSet<String>) {
+    let m = regraft::io::load_model(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let g = m.graph.as_ref().expect("a graph");
+    let inits: BTreeSet<&str> = g.initializer.iter().map(|t| t.name()).collect();
+    let inputs = g
+        .input
+        .iter()
+        .map(|i| i.name().to_string())
+        .filter(|n| !inits.contains(n.as_str()))
+        .collect();
+    let outputs = g.output.iter().map(|o| o.name().to_string()).collect();
+    let values = g
+        .node
+        .iter()
+        .flat_map(|n| n.output.iter().cloned())
+        .collect();
+    (inputs, outputs, values)
+}
+
+fn check_artifacts(dir: &Path, is_reg: &dyn Fn(&str) -> bool, what: &str) {
+    let state = checkpoint::load(&dir.join("state.safetensors")).unwrap();
+    let names: BTreeSet<String> = state.tensors.keys().cloned().collect();
+    // Regularization parameters (log σ or ρ) and their Adam slots.
+    let reg: BTreeSet<&String> = names.iter().filter(|n| is_reg(n)).collect();
+    let reg_params: BTreeSet<&String> = reg
+        .iter()
+        .copied()
+        .filter(|n| !n.ends_with(".exp_avg") && !n.ends_with(".exp_avg_sq"))
+        .collect();
+    assert!(
+        !reg_params.is_empty(),
+        "{what}: no regularization parameter"
+    );
+    assert_eq!(reg.len(), 3 * reg_params.len(), "{what}: Adam slots");
+
+    // train_step.onnx
+    let (inputs, outputs, values) = io_of(&dir.join("train_step.onnx"));
+    let extra: BTreeSet<&String> = inputs.iter().filter(|i| !names.contains(*i)).collect();
+    let expected: BTreeSet<String> = ["x", "labels", "lr", "step"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    assert_eq!(
+        extra,
+        expected.iter().collect(),
+        "{what}: train_step.onnx inputs besides the state"
+    );
+    for p in &reg_params {
+        assert!(inputs.contains(*p), "{what}: train_step.onnx must read {p}");
+    }
+    for i in &inputs {
+        assert!(
+            !is_reg(i) || reg_params.contains(i),
+            "{what}: train_step.onnx reads the validation optimizer's slot {i}"
+        );
+    }
+    for o in &outputs {
+        assert!(
+            !is_reg(o),
+            "{what}: train_step.onnx outputs {o}, an update of a regularization parameter"
+        );
+    }
+    for p in &reg_params {
+        let grad = format!("{p}_grad");
+        assert!(
+            !values.contains(&grad),
+            "{what}: train_step.onnx computes {grad}"
+        );
+    }
+
+    // val_step.onnx
+    let (vin, vout, _) = io_of(&dir.join("val_step.onnx"));
+    assert_eq!(vout[0], "val_loss", "{what}");
+    let updated: BTreeSet<String> = vout[1..]
+        .iter()
+        .map(|o| {
+            o.strip_suffix("_new")
+                .unwrap_or_else(|| panic!("{what}: val_step.onnx output {o}"))
+                .to_string()
+        })
+        .collect();
+    assert_eq!(
+        updated,
+        reg.iter().map(|s| s.to_string()).collect(),
+        "{what}: val_step.onnx must update exactly the regularization parameters and their slots"
+    );
+    assert!(vin.contains("val_lr") && vin.contains("val_step"), "{what}");
+}
+
+#[test]
+fn train_step_has_no_validation_input_and_val_step_updates_only_regularization() {
+    let dir = common::tempdir();
+    type IsReg<'a> = &'a dyn Fn(&str) -> bool;
+    let cases: [(&str, &str, IsReg); 3] = [
+        ("models/mlp.onnx", "cross-noise", &|n: &str| {
+            n.starts_with("noise.")
+        }),
+        ("models/cnn.onnx", "cross-noise", &|n: &str| {
+            n.starts_with("noise.")
+        }),
+        ("models/mlp.onnx", "cross-norm", &|n: &str| {
+            n.starts_with("norm.")
+        }),
+    ];
+    for (i, (model, reg, is_reg)) in cases.iter().enumerate() {
+        let out = dir.path().join(format!("a{i}"));
+        regraft_ok(&[
+            os("rewrite"),
+            os(model),
+            os("--regularizer"),
+            os(reg),
+            os("-o"),
+            out.as_os_str(),
+        ]);
+        check_artifacts(&out, *is_reg, &format!("{model} {reg}"));
+    }
+}
+
+#[test]
+fn cross_noise_cnn_trains_and_exports_deterministic_and_mc() {
+    let dir = common::tempdir();
+    let run = dir.path().join("cnn");
+    regraft_ok(&[
+        os("train"),
+        os("models/cnn.onnx"),
+        os("--data"),
+        os("tests/data/digits_train.npz"),
+        os("--regularizer"),
+        os("cross-noise"),
+        os("--epochs"),
+        os("2"),
+        os("--threads"),
+        os("1"),
+        os("--quiet"),
+        os("-o"),
+        run.as_os_str(),
+    ]);
+    let logs = metrics(&run);
+    let sig: Vec<f64> = logs[1]["diagnostics"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(k, _)| k.ends_with(".sigma"))
+        .map(|(_, v)| v.as_f64().unwrap())
+        .collect();
+    assert!(
+        !sig.is_empty(),
+        "noise sites at the BatchNormalization outputs"
+    );
+    assert!(sig.iter().all(|s| s.is_finite() && *s > 0.0), "{sig:?}");
+    for (pred, file) in [("deterministic", "det.onnx"), ("mc:8", "mc8.onnx")] {
+        let m = dir.path().join(file);
+        // export verifies ONNX Runtime against tract and fails if they disagree.
+        regraft_ok(&[
+            os("export"),
+            run.as_os_str(),
+            os("--predictive"),
+            os(pred),
+            os("-o"),
+            m.as_os_str(),
+        ]);
+        let js = regraft_ok(&[
+            os("eval"),
+            m.as_os_str(),
+            os("--data"),
+            os("tests/data/digits_test.npz"),
+            os("--json"),
+        ]);
+        let v: serde_json::Value = serde_json::from_str(&js).expect("eval --json");
+        assert_eq!(v["n"], 300, "{pred}");
+        let nll = v["nll"].as_f64().unwrap();
+        assert!(nll.is_finite() && nll > 0.0, "{pred}: NLL {nll}");
+        let top1 = v["top1"].as_f64().unwrap();
+        assert!(top1 > 0.1, "{pred}: top-1 {top1} is not better than chance");
+    }
+}
