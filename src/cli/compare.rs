@@ -18,7 +18,13 @@ pub struct Args {
 }
 
 /// The five columns of the inverse-rate paper's Table 1, with which way is better.
-pub const COLUMNS: [(&str, bool); 5] = [("Top-1", true), ("Top-5", true), ("NLL", false), ("Var", false), ("ECE", false)];
+pub const COLUMNS: [(&str, bool); 5] = [
+    ("Top-1", true),
+    ("Top-5", true),
+    ("NLL", false),
+    ("Var", false),
+    ("ECE", false),
+];
 
 pub fn column(m: &Metrics, i: usize) -> f64 {
     [m.top1, m.top5, m.nll, m.nll_variance, m.ece][i]
@@ -29,7 +35,11 @@ pub fn wins(ms: &[Metrics]) -> Vec<[bool; 5]> {
     let mut out = vec![[false; 5]; ms.len()];
     for (i, &(_, higher)) in COLUMNS.iter().enumerate() {
         let vals: Vec<f64> = ms.iter().map(|m| column(m, i)).collect();
-        let best = if higher { vals.iter().cloned().fold(f64::MIN, f64::max) } else { vals.iter().cloned().fold(f64::MAX, f64::min) };
+        let best = if higher {
+            vals.iter().cloned().fold(f64::MIN, f64::max)
+        } else {
+            vals.iter().cloned().fold(f64::MAX, f64::min)
+        };
         for (k, v) in vals.iter().enumerate() {
             out[k][i] = (*v - best).abs() <= 1e-12;
         }
@@ -38,6 +48,9 @@ pub fn wins(ms: &[Metrics]) -> Vec<[bool; 5]> {
 }
 
 pub fn run(a: Args) -> Result<()> {
+    if a.bins == 0 {
+        return Err(Error::flag("--bins", "must be at least 1"));
+    }
     let mut ms = vec![];
     for r in &a.runs {
         let (m, ..) = super::eval::evaluate(r, &a.data, a.bins).map_err(|e| match e {
@@ -55,15 +68,24 @@ pub fn run(a: Args) -> Result<()> {
             .zip(&w)
             .map(|((r, m), w)| serde_json::json!({"run": r, "metrics": m, "wins": w.iter().filter(|&&b| b).count()}))
             .collect();
-        println!("{}", serde_json::to_string_pretty(&rows).expect("serializes"));
-        return Ok(());
+        return super::emit(&format!(
+            "{}\n",
+            serde_json::to_string_pretty(&rows).expect("serializes")
+        ));
     }
-    println!("| run | Top-1 | Top-5 | NLL | Var | ECE | wins |");
-    println!("|---|---|---|---|---|---|---|");
+    let mut text = String::from(
+        "| run | Top-1 | Top-5 | NLL | Var | ECE | wins |\n|---|---|---|---|---|---|---|\n",
+    );
     for ((r, m), w) in a.runs.iter().zip(&ms).zip(&w) {
-        let cell = |i: usize, v: f64| if w[i] { format!("**{v:.4}**") } else { format!("{v:.4}") };
-        println!(
-            "| {} | {} | {} | {} | {} | {} | {} |",
+        let cell = |i: usize, v: f64| {
+            if w[i] {
+                format!("**{v:.4}**")
+            } else {
+                format!("{v:.4}")
+            }
+        };
+        text += &format!(
+            "| {} | {} | {} | {} | {} | {} | {} |\n",
             r.display(),
             cell(0, m.top1),
             cell(1, m.top5),
@@ -73,5 +95,5 @@ pub fn run(a: Args) -> Result<()> {
             w.iter().filter(|&&b| b).count()
         );
     }
-    Ok(())
+    super::emit(&text)
 }

@@ -23,50 +23,80 @@ pub struct Args {
     pub plot: Option<PathBuf>,
 }
 
-/// Class probabilities of a model or run on a dataset.
-pub fn probabilities(model: &std::path::Path, data: &crate::runtime::data::Dataset) -> Result<(Vec<f64>, usize)> {
-    let bytes = if model.is_dir() {
+/// Class probabilities of a model or run on a dataset (read from `data_path`).
+pub fn probabilities(
+    model: &std::path::Path,
+    data: &crate::runtime::data::Dataset,
+    data_path: &std::path::Path,
+) -> Result<(Vec<f64>, usize)> {
+    let proto = if model.is_dir() {
         let run = crate::export::load_run(model)?;
         let (g, logits) = crate::export::inference_graph(&run)?;
-        let g = crate::export::finish(g, &logits, 1.0, &[crate::export::OutputKind::Logits], vec![])?;
-        prost::Message::encode_to_vec(&g.to_model())
+        let g = crate::export::finish(
+            g,
+            &logits,
+            1.0,
+            &[crate::export::OutputKind::Logits],
+            vec![],
+        )?;
+        g.to_model()
     } else {
-        prost::Message::encode_to_vec(&crate::io::load_model(model)?)
+        crate::io::load_model(model)?
     };
+    crate::export::check_data(&proto, data, data_path).map_err(|e| e.in_file(model))?;
+    let bytes = prost::Message::encode_to_vec(&proto);
     let mut s = session(&bytes, &SessionOptions::default()).map_err(|e| e.in_file(model))?;
     let has_probs = s.outputs().iter().any(|o| o.name() == "probs");
-    let (v, c) = predict(&mut s, data, 512, has_probs.then_some("probs")).map_err(|e| e.in_file(model))?;
-    Ok(if has_probs { (v.iter().map(|&p| p as f64).collect(), c) } else { (softmax(&v, c), c) })
+    let (v, c) =
+        predict(&mut s, data, 512, has_probs.then_some("probs")).map_err(|e| e.in_file(model))?;
+    Ok(if has_probs {
+        (v.iter().map(|&p| p as f64).collect(), c)
+    } else {
+        (softmax(&v, c), c)
+    })
 }
 
-pub fn evaluate(model: &std::path::Path, data_path: &std::path::Path, bins: usize) -> Result<(Metrics, Vec<f64>, usize, Vec<i64>)> {
-    let ds = load_npz(data_path, false)?;
-    let (p, c) = probabilities(model, &ds)?;
-    let Labels::Classes(y) = ds.y else { unreachable!("class labels") };
-    if let Some((i, &bad)) = y.iter().enumerate().find(|&(_, &v)| v < 0 || v as usize >= c) {
-        return Err(Error::file(data_path, format!("label {bad} of sample {i} is out of range for {c} classes")));
+pub fn evaluate(
+    model: &std::path::Path,
+    data_path: &std::path::Path,
+    bins: usize,
+) -> Result<(Metrics, Vec<f64>, usize, Vec<i64>)> {
+    if bins == 0 {
+        return Err(Error::flag("--bins", "must be at least 1"));
     }
+    let ds = load_npz(data_path, false)?;
+    let (p, c) = probabilities(model, &ds, data_path)?;
+    let Labels::Classes(y) = ds.y else {
+        unreachable!("class labels")
+    };
+    crate::export::check_labels(&y, c, data_path)?;
     Ok((from_probs(&p, c, &y, bins), p, c, y))
 }
 
 pub fn run(a: Args) -> Result<()> {
-    if a.bins == 0 {
-        return Err(Error::flag("--bins", "must be at least 1"));
+    let max = crate::metrics::plot::MAX_BINS;
+    if a.plot.is_some() && a.bins > max {
+        return Err(Error::flag(
+            "--bins",
+            format!("--plot draws at most {max} bins, not {}", a.bins),
+        ));
     }
     let (m, p, c, y) = evaluate(&a.model, &a.data, a.bins)?;
     if let Some(path) = &a.plot {
         crate::metrics::plot::reliability_png(path, &p, c, &y, a.bins)?;
     }
-    if a.json {
-        println!("{}", serde_json::to_string_pretty(&m).expect("metrics serialize"));
+    let text = if a.json {
+        format!(
+            "{}\n",
+            serde_json::to_string_pretty(&m).expect("metrics serialize")
+        )
     } else {
-        println!("samples   {}", m.n);
-        println!("top-1     {:.4}", m.top1);
-        println!("top-5     {:.4}", m.top5);
-        println!("NLL       {:.4}", m.nll);
-        println!("NLL var   {:.4}", m.nll_variance);
-        println!("ECE       {:.4} ({} bins)", m.ece, m.bins);
-        println!("Brier     {:.4}", m.brier);
-    }
+        format!(
+            "samples   {}\ntop-1     {:.4}\ntop-5     {:.4}\nNLL       {:.4}\nNLL var   {:.4}\nECE       {:.4} ({} bins)\nBrier     {:.4}\n",
+            m.n, m.top1, m.top5, m.nll, m.nll_variance, m.ece, m.bins, m.brier
+        )
+    };
+    // A reader that stops early (`| head -1`) ends the output quietly.
+    super::emit(&text)?;
     Ok(())
 }

@@ -10,6 +10,8 @@ const W: usize = 480;
 const H: usize = 560;
 const M: usize = 40; // margin
 const PLOT: usize = W - 2 * M; // square plot area
+/// The most bins a diagram draws (each bar at least 2 pixels wide).
+pub const MAX_BINS: usize = 100;
 
 struct Canvas {
     px: Vec<u8>,
@@ -49,6 +51,12 @@ impl Canvas {
 
 /// Write the diagram of probabilities `p` [N, C] against labels `y`.
 pub fn reliability_png(path: &Path, p: &[f64], c: usize, y: &[i64], bins: usize) -> Result<()> {
+    if bins == 0 || bins > MAX_BINS {
+        return Err(Error::flag(
+            "--bins",
+            format!("a reliability diagram draws 1 to {MAX_BINS} bins, not {bins}"),
+        ));
+    }
     let mut conf = vec![0.0; bins];
     let mut acc = vec![0.0; bins];
     let mut cnt = vec![0usize; bins];
