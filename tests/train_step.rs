@@ -71,6 +71,7 @@ fn check(fixture: &str, kind: OptimizerKind) {
         logits: art.logits.clone(),
         classification: true,
         extras: vec![],
+        val: None,
     };
     let mut t = Trainer::new(
         spec,

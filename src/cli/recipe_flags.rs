@@ -159,21 +159,15 @@ impl RecipeFlags {
         match self.regularizer.as_deref() {
             None => {}
             Some("none") => r.regularizer = Regularizer::None,
-            Some("inverse-rate") => {
-                if !matches!(r.regularizer, Regularizer::InverseRate(_)) {
-                    r.regularizer = Regularizer::InverseRate(InverseRate::default());
-                }
-            }
-            Some("cross-noise") => {
-                if !matches!(r.regularizer, Regularizer::CrossNoise(_)) {
-                    r.regularizer = Regularizer::CrossNoise(CrossNoise::default());
-                }
-            }
-            Some("cross-norm") => {
-                if !matches!(r.regularizer, Regularizer::CrossNorm(_)) {
-                    r.regularizer = Regularizer::CrossNorm(CrossNorm::default());
-                }
-            }
+            // A recipe's own settings for the same regularizer are kept.
+            Some("inverse-rate") if matches!(r.regularizer, Regularizer::InverseRate(_)) => {}
+            Some("inverse-rate") => r.regularizer = Regularizer::InverseRate(InverseRate::default()),
+            // A recipe's own settings for the same regularizer are kept.
+            Some("cross-noise") if matches!(r.regularizer, Regularizer::CrossNoise(_)) => {}
+            Some("cross-noise") => r.regularizer = Regularizer::CrossNoise(CrossNoise::default()),
+            // A recipe's own settings for the same regularizer are kept.
+            Some("cross-norm") if matches!(r.regularizer, Regularizer::CrossNorm(_)) => {}
+            Some("cross-norm") => r.regularizer = Regularizer::CrossNorm(CrossNorm::default()),
             Some(other) => {
                 return Err(crate::Error::flag(
                     "--regularizer",

@@ -325,7 +325,7 @@ impl Element for bool {
 
 /// A tensor holding `data` with shape `dims`.
 pub fn tensor<T: Element>(name: &str, dims: &[i64], data: &[T]) -> TensorProto {
-    let mut raw = Vec::with_capacity(data.len() * std::mem::size_of::<T>());
+    let mut raw = Vec::with_capacity(std::mem::size_of_val(data));
     for &v in data {
         v.put_le(&mut raw);
     }

@@ -219,7 +219,8 @@ pub fn session(model_bytes: &[u8], opts: &SessionOptions) -> Result<Session> {
 pub fn available_providers() -> Result<Vec<&'static str>> {
     runtime()?;
     let mut out = vec![];
-    let checks: [(&str, fn() -> ort::Result<bool>); 2] = [
+    type Probe = fn() -> ort::Result<bool>;
+    let checks: [(&str, Probe); 2] = [
         ("CPUExecutionProvider", ort::ep::CPU::is_available),
         ("CUDAExecutionProvider", ort::ep::CUDA::is_available),
     ];

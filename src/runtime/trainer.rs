@@ -45,6 +45,57 @@ pub struct ValSpec {
     pub state: Vec<StateEntry>,
     pub every: usize,
     pub lr: f32,
+    /// Samples per validation step (None: the training batch size).
+    pub batch: Option<usize>,
+}
+
+/// The ε inputs of a graph with cross-noise sites (`noise.*.eps`, see
+/// [`crate::regularizers::noise::Draw::Input`]): filled with fresh N(0, 1) draws before
+/// every run, keyed by (seed, graph, step, site) so that draws never depend on anything
+/// else (in particular, the training step's draws not on the validation step) and a
+/// resumed run draws exactly what an uninterrupted one would.
+struct NoiseFeed {
+    /// Name and dims of each input; the one dynamic dimension (-1) is the batch.
+    inputs: Vec<(String, Vec<i64>)>,
+    /// A host buffer per input, reused while the batch size stays the same.
+    bufs: Vec<Option<(usize, DynTensor)>>,
+}
+
+impl NoiseFeed {
+    fn of(sess: &Session) -> NoiseFeed {
+        let inputs: Vec<(String, Vec<i64>)> = sess
+            .inputs()
+            .iter()
+            .filter(|i| crate::regularizers::noise::is_eps_input(i.name()))
+            .filter_map(|i| match i.dtype() {
+                ort::value::ValueType::Tensor { shape, .. } => {
+                    Some((i.name().to_string(), shape.iter().copied().collect()))
+                }
+                _ => None,
+            })
+            .collect();
+        let bufs = inputs.iter().map(|_| None).collect();
+        NoiseFeed { inputs, bufs }
+    }
+
+    /// Draw this run's noise for a batch of `n` samples and bind it.
+    fn bind(&mut self, b: &mut IoBinding, n: usize, key: [u64; 3]) -> Result<()> {
+        for (i, ((name, dims), buf)) in self.inputs.iter().zip(self.bufs.iter_mut()).enumerate() {
+            if buf.as_ref().is_none_or(|(m, _)| *m != n) {
+                let shape: Vec<usize> = dims
+                    .iter()
+                    .map(|&d| if d < 0 { n } else { d as usize })
+                    .collect();
+                let numel = shape.iter().product();
+                *buf = Some((n, host_tensor(&shape, vec![0.0; numel])?));
+            }
+            let (_, t) = buf.as_mut().expect("allocated");
+            let (_, data) = t.try_extract_tensor_mut::<f32>()?;
+            crate::regularizers::noise::fill_normal(data, &[key[0], key[1], key[2], i as u64]);
+            b.bind_input(name, t)?;
+        }
+        Ok(())
+    }
 }
 
 /// The validation step's session, state sets and bindings.
@@ -55,6 +106,7 @@ struct ValRunner {
     bindings: [IoBinding; 2],
     current: usize,
     steps: usize,
+    noise: NoiseFeed,
 }
 
 /// One epoch's metrics, as logged to `metrics.jsonl`.
@@ -110,6 +162,9 @@ pub struct Trainer {
     current: usize,
     run_opts: RunOptions,
     val: Option<ValRunner>,
+    noise: NoiseFeed,
+    /// Seed of the noise draws (the recipe's seed; see [`Trainer::set_seed`]).
+    seed: u64,
 }
 
 impl Trainer {
@@ -159,7 +214,10 @@ impl Trainer {
         if matches!(opts.device, Device::Cuda(_)) {
             run_opts.disable_device_sync()?;
         }
+        let noise = NoiseFeed::of(&train);
         let mut t = Trainer {
+            noise,
+            seed: 0,
             spec,
             train,
             eval,
@@ -207,6 +265,11 @@ impl Trainer {
         Ok(())
     }
 
+    /// Seed the noise draws of cross-noise sites (fit sets it to the recipe's seed).
+    pub fn set_seed(&mut self, seed: u64) {
+        self.seed = seed;
+    }
+
     /// Whether this run has a validation step.
     pub fn has_val_step(&self) -> bool {
         self.val.is_some()
@@ -226,6 +289,7 @@ impl Trainer {
         let st: DynTensor =
             Tensor::from_array((Vec::<usize>::new(), vec![v.steps as f32]))?.upcast();
         let b = &mut v.bindings[v.current];
+        v.noise.bind(b, n, [self.seed, 1, v.steps as u64])?;
         let inputs: Vec<String> = v
             .sess
             .inputs()
@@ -233,7 +297,7 @@ impl Trainer {
             .map(|i| i.name().to_string())
             .collect();
         for (i, e) in self.spec.state.iter().enumerate() {
-            if inputs.iter().any(|n| *n == e.name) {
+            if inputs.contains(&e.name) {
                 b.bind_input(&e.name, &self.sets[self.current][i])?;
             }
         }
@@ -359,6 +423,7 @@ impl Trainer {
         let lrt: DynTensor = Tensor::from_array((Vec::<usize>::new(), vec![lr]))?.upcast();
         let st: DynTensor = Tensor::from_array((Vec::<usize>::new(), vec![t as f32]))?.upcast();
         let b = &mut self.bindings[self.current];
+        self.noise.bind(b, n, [self.seed, 0, t as u64])?;
         b.bind_input(&self.spec.input, &xt)?;
         b.bind_input(LABELS, &yt)?;
         b.bind_input(LR, &lrt)?;
@@ -410,6 +475,9 @@ impl Trainer {
             let yt = labels_tensor(&y, chunk.len())?;
             binding.bind_input(&self.spec.input, &xt)?;
             binding.bind_input(LABELS, &yt)?;
+            // Outputs are rebound per batch: the last batch can be shorter.
+            binding.bind_output_to_device(&self.spec.logits, &cpu)?;
+            binding.bind_output_to_device(PER_SAMPLE, &cpu)?;
             let outs = self.eval.run_binding(&binding)?;
             let (ls, lv) = outs[self.spec.logits.as_str()].try_extract_tensor::<f32>()?;
             width = ls.iter().skip(1).map(|&d| d as usize).product();
@@ -438,6 +506,7 @@ impl ValRunner {
             }
             b.bind_output_to_device(crate::train::artifacts::VAL_LOSS, &cpu_mem()?)?;
         }
+        let noise = NoiseFeed::of(&sess);
         Ok(ValRunner {
             spec,
             sess,
@@ -445,6 +514,7 @@ impl ValRunner {
             bindings,
             current: 0,
             steps: 0,
+            noise,
         })
     }
 
@@ -547,9 +617,27 @@ pub fn fit(
             "cross-regularization needs a validation split (--val V.npz or --val-fraction F)",
         ));
     }
+    t.set_seed(o.seed);
     // Validation batches for the regularization parameters cycle through the split.
     let mut val_cursor = (0usize, 0usize); // (pass, position)
     let mut val_order: Vec<usize> = vec![];
+    let val_every = t.val.as_ref().map(|v| v.spec.every);
+    let val_batch = t
+        .val
+        .as_ref()
+        .map_or(o.batch_size, |v| v.spec.batch.unwrap_or(o.batch_size))
+        .max(1);
+    // Where the validation steps stand after `steps` training steps (one after every
+    // `every`-th): their count (Adam's step) and the cursor in the validation split.
+    let val_position = |steps: usize, len: usize| -> (usize, (usize, usize)) {
+        let done = val_every.map_or(0, |e| steps / e);
+        let mut cur = (0usize, 0usize);
+        for _ in 0..done {
+            let end = (cur.1 + val_batch).min(len);
+            cur = if end >= len { (cur.0 + 1, 0) } else { (cur.0, end) };
+        }
+        (done, cur)
+    };
     let ckpt = o.run_dir.join(CHECKPOINT);
     let mut pos = Position::default();
     if o.resume {
@@ -562,6 +650,13 @@ pub fn fit(
         let c = checkpoint::load(&ckpt)?;
         t.upload(&c.tensors)?;
         pos = c.position.unwrap_or_default();
+        // The validation steps continue where they were: Adam's step count and the cursor
+        // in the validation split follow from the number of training steps.
+        if let (Some(vs), Some(v)) = (val, t.val.as_mut()) {
+            let (done, cur) = val_position(pos.step, vs.len());
+            v.steps = done;
+            val_cursor = cur;
+        }
         eprintln!(
             "resuming at epoch {}, batch {} (step {})",
             pos.epoch + 1,
@@ -663,13 +758,14 @@ pub fn fit(
                 *s += *v as f64;
             }
             pos.epoch_steps += 1;
-            if let (Some(vs), Some(every)) = (val, t.val.as_ref().map(|v| v.spec.every))
-                && (pos.step + 1) % every == 0
+            // A validation step after every `every`-th training step, on θ_{t+1}.
+            if let (Some(vs), Some(every)) = (val, val_every)
+                && pos.step % every == 0
             {
                 if val_cursor.1 == 0 || val_order.is_empty() {
                     val_order = epoch_order(vs.len(), o.seed ^ 0x7a1_7a1, val_cursor.0);
                 }
-                let end = (val_cursor.1 + bs).min(vs.len());
+                let end = (val_cursor.1 + val_batch).min(vs.len());
                 let (vx, vshape, vy) = vs.batch(&val_order[val_cursor.1..end]);
                 let vl = t.val_step(vx, &vshape, &vy)?;
                 if !vl.is_finite() {

@@ -201,9 +201,10 @@ impl OptimizerConfig {
 }
 
 /// Learning-rate schedules, evaluated on the host each step.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
 pub enum Schedule {
+    #[default]
     Constant,
     /// Multiply by `gamma` every `step_size` epochs.
     Step {
@@ -216,11 +217,6 @@ pub enum Schedule {
     },
 }
 
-impl Default for Schedule {
-    fn default() -> Self {
-        Schedule::Constant
-    }
-}
 
 impl Schedule {
     /// Learning rate at 0-based `step` of `total` steps (`steps_per_epoch` per epoch).
