@@ -121,7 +121,8 @@ pub fn run(a: Args) -> Result<()> {
         art.classes.filter(|_| !float_labels),
     )?;
         // Cross-regularization learns on a validation split: 10 % of the data unless told.
-    let cross = art.val.is_some();
+        let cross = art.val.is_some();
+    // (The inverse rate's validated λ uses the same validation machinery.)
     let val_fraction = a.val_fraction.or((cross && a.val.is_none()).then_some(0.1));
     let (train, val) = match (&a.val, val_fraction) {
         (Some(v), _) => {
@@ -159,6 +160,7 @@ pub fn run(a: Args) -> Result<()> {
             state: v.state.clone(),
             every: v.every,
             lr: v.lr,
+            batch: v.batch,
         }),
     };
     let mut trainer = Trainer::new(spec, &opts)?;

@@ -387,9 +387,12 @@ impl Trainer {
             }
             let host = v.sets[v.current][i].to(AllocationDevice::CPU, 0)?;
             let x = host.try_extract_tensor::<f32>()?.1[0] as f64;
-            match e.name.strip_suffix(".log_sigma") {
-                Some(base) => out.push((format!("{base}.sigma"), x.exp())),
-                None => out.push((e.name.clone(), x)),
+                        if let Some(base) = e.name.strip_suffix(".log_sigma") {
+                out.push((format!("{base}.sigma"), x.exp()));
+            } else if let Some(base) = e.name.strip_suffix(".log_lambda") {
+                out.push((format!("{base}.lambda_validated"), x.exp()));
+            } else {
+                out.push((e.name.clone(), x));
             }
         }
         Ok(out)
