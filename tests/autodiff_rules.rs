@@ -1,6 +1,6 @@
 //! Every gradient rule against central finite differences through ONNX Runtime (issue
 //! #3): random shapes with broadcasting, f64 wherever ORT has an f64 kernel (f32 for Conv,
-//! ConvTranspose-based pooling, Erf/Gelu and LeakyRelu). Each test is a [`Suite`]: all
+//! AveragePool and GlobalAveragePool (their gradients use ConvTranspose), Erf and Gelu). Each test is a [`Suite`]: all
 //! of its cases run, every gradient model goes through the onnx checker's full check,
 //! and none may use a com.microsoft op. See tests/common/gradcheck.rs.
 
@@ -168,19 +168,15 @@ fn pointwise_activations() {
     s.add(case("Relu", "Relu", 18).input(g.f64_away(&[3, 4], 0.05)));
     s.add(case("Sigmoid", "Sigmoid", 18).input(g.f64_in(&[3, 4], -3.0, 3.0)));
     s.add(case("Tanh", "Tanh", 18).input(g.f64_in(&[3, 4], -2.0, 2.0)));
-    // ORT's CPU kernels of these are float32 only.
     s.add(
         case("LeakyRelu", "LeakyRelu", 18)
             .attr(attr_float("alpha", 0.2))
-            .input(g.f32_away(&[3, 4], 0.05)),
+            .input(g.f64_away(&[3, 4], 0.05)),
     );
-    s.add(case("LeakyRelu_default_alpha", "LeakyRelu", 16).input(g.f32_away(&[2, 5], 0.05)));
-    s.add(
-        case("Erf", "Erf", 18)
-            .input(g.f32_in(&[3, 4], -2.0, 2.0))
-            .eps(1e-2)
-            .tol(1e-3, 1e-2),
-    );
+    s.add(case("LeakyRelu_default_alpha", "LeakyRelu", 16).input(g.f64_away(&[2, 5], 0.05)));
+    s.add(case("LeakyRelu_f32", "LeakyRelu", 16).input(g.f32_away(&[2, 5], 0.05)));
+    // ORT's CPU Erf (which Gelu expands to) is float32 only.
+    s.add(case("Erf", "Erf", 18).input(g.f32_in(&[3, 4], -2.0, 2.0)));
     for approx in ["none", "tanh"] {
         s.add(
             case(&format!("Gelu_{approx}"), "Gelu", 20)
@@ -189,6 +185,60 @@ fn pointwise_activations() {
         );
     }
     s.add(case("Gelu_default", "Gelu", 20).input(g.f32_in(&[2, 3], -3.0, 3.0)));
+    // HardSigmoid/HardSwish are piecewise: stay off the kinks at αx + β ∈ {0, 1}.
+    s.add(
+        case("HardSigmoid", "HardSigmoid", 18)
+            .attr(attr_float("alpha", 0.3))
+            .attr(attr_float("beta", 0.4))
+            .input(g.f64_in(&[3, 4], -1.2, 1.8)),
+    );
+    s.add(case("HardSwish", "HardSwish", 18).input(g.f64_in(&[3, 4], -2.9, 2.9)));
+    s.add(case("HardSwish_outer", "HardSwish", 18).input(g.f64_in(&[2, 3], 3.1, 5.0)));
+    s.add(case("Softplus", "Softplus", 18).input(g.f64_in(&[3, 4], -3.0, 3.0)));
+    s.add(
+        case("Elu", "Elu", 18)
+            .attr(attr_float("alpha", 0.7))
+            .input(g.f64_away(&[3, 4], 0.05)),
+    );
+    s.run();
+}
+
+#[test]
+fn elementwise_max_and_min_with_broadcasting() {
+    let mut g = Gen::new(61);
+    let mut s = Suite::new("max-min");
+    // b = a ± 0.3 elementwise (random sign), so each side wins somewhere and finite
+    // differences never cross a tie.
+    let pair = |g: &mut Gen, shape: &[usize]| {
+        let a = g.a64(shape);
+        let signs = g.bools(a.len(), 0.5);
+        let mut b = a.clone();
+        for (v, s) in b.iter_mut().zip(signs) {
+            *v += if s { 0.3 } else { -0.3 };
+        }
+        (
+            Input::Diff(gradcheck::Val::F64(a)),
+            Input::Diff(gradcheck::Val::F64(b)),
+        )
+    };
+    for op in ["Max", "Min"] {
+        let (a, b) = pair(&mut g, &[3, 4]);
+        s.add(case(op, op, 18).input(a).input(b));
+        // Broadcast: b [3] against a [2, 3], with rows of a kept 0.3 away from b.
+        let (a0, b0) = pair(&mut g, &[3]);
+        let (Input::Diff(gradcheck::Val::F64(a0)), Input::Diff(gradcheck::Val::F64(b0))) = (a0, b0)
+        else {
+            unreachable!()
+        };
+        let a2 = ndarray::stack(ndarray::Axis(0), &[a0.view(), (&a0 * 1.0).view()])
+            .unwrap()
+            .into_dyn();
+        s.add(
+            case(&format!("{op}_broadcast"), op, 18)
+                .input(Input::Diff(gradcheck::Val::F64(a2)))
+                .input(Input::Diff(gradcheck::Val::F64(b0))),
+        );
+    }
     s.run();
 }
 
@@ -1577,5 +1627,93 @@ fn pooling_variants() {
             .attr(attr_string("auto_pad", "VALID"))
             .input(g.f32(&[2, 2, 7, 6])),
     );
+    s.run();
+}
+
+/// Documented limits fail with a message naming the node and the reason, never with a
+/// wrong gradient.
+#[test]
+fn unsupported_forms_are_errors() {
+    let mut g = Gen::new(32);
+    let cases = [
+        (
+            case("Slice_step2", "Slice", 18)
+                .input(g.f64(&[6]))
+                .input(ints(&[0]))
+                .input(ints(&[6]))
+                .input(ints(&[0]))
+                .input(ints(&[2])),
+            "step 1 only",
+        ),
+        (
+            case("Gather_opset13", "Gather", 13)
+                .input(g.f64(&[4, 2]))
+                .input(ints_nd(&[2], &[1, 1])),
+            "opset 16",
+        ),
+        (
+            case("GatherElements_opset13", "GatherElements", 13)
+                .input(g.f64(&[2, 2]))
+                .input(ints_nd(&[2, 2], &[0, 0, 1, 0])),
+            "opset 16",
+        ),
+        (
+            case("MaxPool_overlapping_opset13", "MaxPool", 13)
+                .attr(attr_ints("kernel_shape", &[3]))
+                .input(g.f64_distinct(&[1, 1, 6])),
+            "opset 16",
+        ),
+        (
+            case("MaxPool_storage_order", "MaxPool", 18)
+                .attr(attr_ints("kernel_shape", &[2, 2]))
+                .attr(attr_int("storage_order", 1))
+                .input(g.f64_distinct(&[1, 1, 4, 4])),
+            "storage_order",
+        ),
+        (
+            case("AveragePool_ceil_mode", "AveragePool", 18)
+                .attr(attr_ints("kernel_shape", &[2]))
+                .attr(attr_ints("strides", &[2]))
+                .attr(attr_int("ceil_mode", 1))
+                .input(g.f32(&[1, 1, 5])),
+            "ceil_mode",
+        ),
+    ];
+    for (c, want) in cases {
+        let e = c
+            .run()
+            .err()
+            .unwrap_or_else(|| panic!("[{}] differentiated without an error", c.label));
+        assert!(
+            e.contains("node 'node'") && e.contains(want),
+            "[{}] {e}",
+            c.label
+        );
+    }
+}
+
+/// Opset 13's BatchNormalization: training is told by the running-statistic outputs.
+#[test]
+fn batch_normalization_opset13_training() {
+    let mut g = Gen::new(33);
+    let mut s = Suite::new("batchnorm13");
+    for outs in [3, 5] {
+        s.add(
+            case(
+                &format!("BatchNorm13_train_{outs}_outputs"),
+                "BatchNormalization",
+                13,
+            )
+            .outputs(outs)
+            .loss_on(&[0])
+            .input(g.f64(&[4, 2, 3]))
+            .input(g.f64_in(&[2], 0.5, 1.5))
+            .input(g.f64(&[2]))
+            .inputs(vec![
+                const64(&g.a64(&[2])),
+                const64(&g.range64(&[2], 0.5, 2.0)),
+            ]),
+        );
+    }
     s.run();
 }

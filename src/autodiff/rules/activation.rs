@@ -1,5 +1,5 @@
 //! Activations: Relu, LeakyRelu, Sigmoid, Tanh, Erf, Gelu (opset 20, exact and tanh
-//! approximation), Clip (opset 11+ min/max inputs), Softmax and LogSoftmax (opset 13+:
+//! approximation), HardSigmoid and HardSwish (MobileNetV3), Softplus, Elu, Clip (opset 11+ min/max inputs), Softmax and LogSoftmax (opset 13+:
 //! along one axis).
 //! Softmax: dZ = Y·(dY − Σ dY·Y). LogSoftmax: dZ = dY − exp(Y)·Σ dY.
 
@@ -18,6 +18,10 @@ pub fn register(r: &mut Registry) {
     r.add("Erf", erf);
     r.add("Gelu", gelu);
     r.add("Clip", clip);
+    r.add("HardSigmoid", hard_sigmoid);
+    r.add("HardSwish", hard_swish);
+    r.add("Softplus", softplus);
+    r.add("Elu", elu);
     r.add("Softmax", softmax);
     r.add("LogSoftmax", log_softmax);
 }
@@ -155,4 +159,69 @@ fn log_softmax(c: &mut GradCtx) -> Out {
     let e = c.op("Exp", &[&y]);
     let m = c.op("Mul", &[&e, &s]);
     Ok(vec![Some(c.op("Sub", &[&dy, &m]))])
+}
+
+/// Mask (as the input's type) of 0 < αx + β < 1, the linear part of HardSigmoid.
+fn hard_linear(c: &mut GradCtx, x: &str, alpha: f64, beta: f64) -> String {
+    let a = c.scalar(x, alpha);
+    let b = c.scalar(x, beta);
+    let ax = c.op("Mul", &[x, &a]);
+    let z = c.op("Add", &[&ax, &b]);
+    let zero = c.scalar(x, 0.0);
+    let one = c.scalar(x, 1.0);
+    let gt = c.op("Greater", &[&z, &zero]);
+    let lt = c.op("Less", &[&z, &one]);
+    let m = c.op("And", &[&gt, &lt]);
+    let dt = c.dtype(x);
+    c.op_a("Cast", &[&m], vec![crate::proto::attr_int("to", dt as i64)])
+}
+
+fn hard_sigmoid(c: &mut GradCtx) -> Out {
+    // y = max(0, min(1, αx + β)); dy/dx = α on the linear part.
+    let (dy, x) = (c.dy0(), c.x(0));
+    let (alpha, beta) = (c.attr_f("alpha", 0.2) as f64, c.attr_f("beta", 0.5) as f64);
+    let m = hard_linear(c, &x, alpha, beta);
+    let a = c.scalar(&x, alpha);
+    let d = c.op("Mul", &[&m, &a]);
+    Ok(vec![Some(c.op("Mul", &[&dy, &d]))])
+}
+
+fn hard_swish(c: &mut GradCtx) -> Out {
+    // y = x·HardSigmoid(x) with α = 1/6, β = 0.5; dy/dx = hs(x) + x·α·[linear part].
+    let (dy, x) = (c.dy0(), c.x(0));
+    let (alpha, beta) = (1.0 / 6.0, 0.5);
+    let hs = c.op_a(
+        "HardSigmoid",
+        &[&x],
+        vec![
+            crate::proto::attr_float("alpha", alpha as f32),
+            crate::proto::attr_float("beta", beta as f32),
+        ],
+    );
+    let m = hard_linear(c, &x, alpha, beta);
+    let a = c.scalar(&x, alpha);
+    let xm = c.op("Mul", &[&x, &m]);
+    let xma = c.op("Mul", &[&xm, &a]);
+    let d = c.op("Add", &[&hs, &xma]);
+    Ok(vec![Some(c.op("Mul", &[&dy, &d]))])
+}
+
+fn softplus(c: &mut GradCtx) -> Out {
+    // d ln(1 + eˣ) = sigmoid(x)
+    let (dy, x) = (c.dy0(), c.x(0));
+    let s = c.op("Sigmoid", &[&x]);
+    Ok(vec![Some(c.op("Mul", &[&dy, &s]))])
+}
+
+fn elu(c: &mut GradCtx) -> Out {
+    // x > 0: 1; else α·eˣ = y + α.
+    let (dy, x, y) = (c.dy0(), c.x(0), c.y(0));
+    let alpha = c.attr_f("alpha", 1.0) as f64;
+    let a = c.scalar(&x, alpha);
+    let zero = c.scalar(&x, 0.0);
+    let one = c.scalar(&x, 1.0);
+    let pos = c.op("Greater", &[&x, &zero]);
+    let neg = c.op("Add", &[&y, &a]);
+    let d = c.op("Where", &[&pos, &one, &neg]);
+    Ok(vec![Some(c.op("Mul", &[&dy, &d]))])
 }

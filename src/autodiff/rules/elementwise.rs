@@ -1,5 +1,6 @@
 //! Elementwise arithmetic: Add, Sub, Mul, Div, Neg, Pow (constant exponent), Sqrt, Exp,
-//! Log, Abs, Reciprocal, Sum. Inputs broadcast (numpy rules), so every input gradient
+//! Log, Abs, Reciprocal, Sum, Max and Min (two inputs; the gradient goes to the input
+//! that was selected, to the first one on ties). Inputs broadcast (numpy rules), so every input gradient
 //! goes through `GradCtx::unbroadcast`.
 //! Spec: https://onnx.ai/onnx/operators/ (opset 13+ semantics; unchanged since).
 
@@ -21,6 +22,8 @@ pub fn register(r: &mut Registry) {
     r.add("Abs", abs);
     r.add("Reciprocal", reciprocal);
     r.add("Sum", sum);
+    r.add("Max", max_min);
+    r.add("Min", max_min);
 }
 
 /// Gradient `g` (shaped like the output) for input `i`, unbroadcast to its shape.
@@ -146,4 +149,17 @@ fn reciprocal(c: &mut GradCtx) -> Out {
     let y2 = c.op("Mul", &[&y, &y]);
     let m = c.op("Mul", &[&dy, &y2]);
     Ok(vec![Some(c.op("Neg", &[&m]))])
+}
+
+fn max_min(c: &mut GradCtx) -> Out {
+    if c.node.input.len() != 2 {
+        return Err(c.err("Max/Min are differentiated with two inputs"));
+    }
+    let (dy, a, y) = (c.dy0(), c.x(0), c.y(0));
+    // The first input wins where it equals the result.
+    let first = c.op("Equal", &[&a, &y]);
+    let zero = c.scalar(&y, 0.0);
+    let ga = c.op("Where", &[&first, &dy, &zero]);
+    let gb = c.op("Where", &[&first, &zero, &dy]);
+    Ok(vec![to_input(c, &ga, 0)?, to_input(c, &gb, 1)?])
 }
