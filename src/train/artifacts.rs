@@ -64,31 +64,18 @@ pub struct ValStep {
 
 use crate::regularizers::inverse_rate::LOG_LAMBDA;
 
-/// The validation step of the inverse rate's `validated` λ: on a batch of the validation
-/// split (inference-mode forward, no gradient to the weights), the estimated inverse rate
-/// (s + Ĵ(λ))/λ, s = ln(1/δ)/n, is minimized over log λ by Adam. This is the criterion by
-/// which the `grid` mode picks λ*, made continuous and evaluated on held-out samples: the
-/// plain validation loss does not depend on λ at all, so it could not teach λ anything.
-fn build_lambda_val(model: &ModelProto, recipe: &Recipe, ir: &crate::regularizers::InverseRate, logits: &str, theta: &[String]) -> Result<ValStep> {
-    let n = ir.n_train.ok_or_else(|| Error::flag("--lambda-mode validated", "needs the training-set size (regraft train fills it in)"))?;
-    let mut e = Graph::from_model(model.clone());
-    to_inference(&mut e);
-    e.initializers.push(crate::proto::tensor::<f32>(LOG_LAMBDA, &[], &[ir.lambda.ln() as f32]));
-    let head = add_loss(&mut e, recipe.loss, logits)?;
-    let opset = e.opset();
-    let mut b = Builder::new(&e, "inverse-rate-validation");
-    b.prefix = "inverse_rate_val/".into();
-    let o = ir.build(&mut b, opset, DataType::Float as i32, &head.per_sample, Some(LOG_LAMBDA))?;
-    let s = b.scalar_of(DataType::Float as i32, (1.0 / ir.delta).ln() / n as f64);
-    let sj = b.op("Add", &[&o.j, &s]);
-    let rate = b.op("Div", &[&sj, &o.lambda]);
-    b.node_to("Identity", &[&rate], &[VAL_LOSS], vec![]);
-    e.apply(b.finish())?;
-    let reg = vec![LOG_LAMBDA.to_string()];
-    let grads = differentiate(&mut e, VAL_LOSS, &reg)?;
-    let theta_here: Vec<String> = theta.iter().filter(|t| e.initializer(t).is_some()).cloned().collect();
+/// Differentiate the validation loss for the regularization parameters `reg` only, make
+/// the weights `theta` plain inputs, and add an Adam update of `reg`: the common tail of
+/// every validation step. Returns the graph's state entries.
+fn finish_val(mut e: Graph, reg: &[String], theta: &[String]) -> Result<(Graph, Vec<StateEntry>)> {
+    let grads = differentiate(&mut e, VAL_LOSS, reg)?;
+    let theta_here: Vec<String> = theta
+        .iter()
+        .filter(|t| e.initializer(t).is_some())
+        .cloned()
+        .collect();
     lift(&mut e, &theta_here);
-    let reg_t = lift(&mut e, &reg);
+    let reg_t = lift(&mut e, reg);
     let opt = crate::train::optim::OptimizerConfig {
         kind: crate::train::optim::OptimizerKind::Adamw,
         weight_decay: 0.0,
@@ -96,26 +83,106 @@ fn build_lambda_val(model: &ModelProto, recipe: &Recipe, ir: &crate::regularizer
     };
     let mut b = Builder::new(&e, "validation-optimizer");
     b.prefix = "val_optim/".into();
-    b.patch.add_inputs.push(value_info(VAL_LR, DataType::Float as i32, &[]));
-    b.patch.add_inputs.push(value_info(VAL_STEP, DataType::Float as i32, &[]));
-    let slots = opt.slots(LOG_LAMBDA);
-    let p_out = b.fresh_exact(&format!("{LOG_LAMBDA}_new"));
-    let slot_outs: Vec<String> = slots.iter().map(|s| b.fresh_exact(&format!("{s}_new"))).collect();
-    for s in &slots {
-        b.patch.add_inputs.push(value_info(s, DataType::Float as i32, &[]));
-    }
-    opt.update(&mut b, LOG_LAMBDA, &grads[0], 0, VAL_LR, VAL_STEP, &slots, &p_out, &slot_outs);
-    let mut outputs = vec![value_info(VAL_LOSS, DataType::Float as i32, &[]), value_info(&p_out, DataType::Float as i32, &[])];
-    let mut state = vec![StateEntry { name: LOG_LAMBDA.into(), output: p_out, kind: StateKind::Param, dims: vec![], init: reg_t[0].clone() }];
-    for (s, so) in slots.iter().zip(slot_outs) {
-        outputs.push(value_info(&so, DataType::Float as i32, &[]));
-        state.push(StateEntry { name: s.clone(), output: so, kind: StateKind::Slot, dims: vec![], init: crate::proto::tensor::<f32>(s, &[], &[0.0]) });
+    b.patch
+        .add_inputs
+        .push(value_info(VAL_LR, DataType::Float as i32, &[]));
+    b.patch
+        .add_inputs
+        .push(value_info(VAL_STEP, DataType::Float as i32, &[]));
+    let mut outputs = vec![value_info(VAL_LOSS, DataType::Float as i32, &[])];
+    let mut state = vec![];
+    for ((p, gname), t) in reg.iter().zip(&grads).zip(&reg_t) {
+        let slots = opt.slots(p);
+        let p_out = b.fresh_exact(&format!("{p}_new"));
+        let slot_outs: Vec<String> = slots
+            .iter()
+            .map(|s| b.fresh_exact(&format!("{s}_new")))
+            .collect();
+        for s in &slots {
+            b.patch
+                .add_inputs
+                .push(value_info(s, DataType::Float as i32, &[]));
+        }
+        opt.update(
+            &mut b, p, gname, 0, VAL_LR, VAL_STEP, &slots, &p_out, &slot_outs,
+        );
+        outputs.push(value_info(&p_out, DataType::Float as i32, &[]));
+        state.push(StateEntry {
+            name: p.clone(),
+            output: p_out,
+            kind: StateKind::Param,
+            dims: vec![],
+            init: t.clone(),
+        });
+        for (s, so) in slots.iter().zip(slot_outs) {
+            outputs.push(value_info(&so, DataType::Float as i32, &[]));
+            let init = crate::proto::tensor::<f32>(s, &[], &[0.0]);
+            state.push(StateEntry {
+                name: s.clone(),
+                output: so,
+                kind: StateKind::Slot,
+                dims: vec![],
+                init,
+            });
+        }
     }
     e.apply(b.finish())?;
     e.outputs = outputs;
     e.remove_dead();
     e.check("val_step")?;
-    Ok(ValStep { graph: e, state, every: ir.every, lr: ir.val_lr, batch: None })
+    Ok((e, state))
+}
+
+/// The validation step of the inverse rate's `validated` λ: on a batch of the validation
+/// split (inference-mode forward, no gradient to the weights), the estimated inverse rate
+/// (s + Ĵ(λ))/λ, s = ln(1/δ)/n, is minimized over log λ by Adam. This is the criterion by
+/// which the `grid` mode picks λ*, made continuous and evaluated on held-out samples: the
+/// plain validation loss does not depend on λ at all, so it could not teach λ anything.
+fn build_lambda_val(
+    model: &ModelProto,
+    recipe: &Recipe,
+    ir: &crate::regularizers::InverseRate,
+    logits: &str,
+    theta: &[String],
+) -> Result<ValStep> {
+    let n = ir.n_train.ok_or_else(|| {
+        Error::flag(
+            "--lambda-mode validated",
+            "needs the training-set size (regraft train fills it in)",
+        )
+    })?;
+    let mut e = Graph::from_model(model.clone());
+    to_inference(&mut e);
+    e.initializers.push(crate::proto::tensor::<f32>(
+        LOG_LAMBDA,
+        &[],
+        &[ir.lambda.ln() as f32],
+    ));
+    let head = add_loss(&mut e, recipe.loss, logits)?;
+    let opset = e.opset();
+    let mut b = Builder::new(&e, "inverse-rate-validation");
+    b.prefix = "inverse_rate_val/".into();
+    let o = ir.build(
+        &mut b,
+        opset,
+        DataType::Float as i32,
+        &head.per_sample,
+        Some(LOG_LAMBDA),
+    )?;
+    let s = b.scalar_of(DataType::Float as i32, (1.0 / ir.delta).ln() / n as f64);
+    let sj = b.op("Add", &[&o.j, &s]);
+    let rate = b.op("Div", &[&sj, &o.lambda]);
+    b.node_to("Identity", &[&rate], &[VAL_LOSS], vec![]);
+    e.apply(b.finish())?;
+    let reg = vec![LOG_LAMBDA.to_string()];
+    let (e, state) = finish_val(e, &reg, theta)?;
+    Ok(ValStep {
+        graph: e,
+        state,
+        every: ir.every,
+        lr: ir.val_lr,
+        batch: None,
+    })
 }
 
 /// Names of the validation step's scalar inputs and output.
@@ -129,13 +196,22 @@ pub const VAL_LOSS: &str = "val_loss";
 /// `replicas` is K when the data input was replicated K times (the validation step).
 ///
 /// [`noise::Draw::Input`]: crate::regularizers::noise::Draw::Input
-fn cross_rewrite(g: &mut Graph, recipe: &Recipe, logits: &str, seed_offset: u64, replicas: Option<usize>) -> Result<Vec<String>> {
+fn cross_rewrite(
+    g: &mut Graph,
+    recipe: &Recipe,
+    logits: &str,
+    seed_offset: u64,
+    replicas: Option<usize>,
+) -> Result<Vec<String>> {
     match &recipe.regularizer {
         Regularizer::CrossNoise(c) => {
             let sites = crate::regularizers::noise::select_sites(g, c.layers.as_deref(), logits)?;
             let s0 = c.init_sigma.ln() as f32;
             let seed = recipe.seed.wrapping_mul(31).wrapping_add(seed_offset);
-            let draw = crate::regularizers::noise::Draw::Input { replicas, fallback_seed: seed };
+            let draw = crate::regularizers::noise::Draw::Input {
+                replicas,
+                fallback_seed: seed,
+            };
             crate::regularizers::noise::insert(g, &sites, &|_| s0, draw)
         }
         Regularizer::CrossNorm(c) => {
@@ -150,9 +226,21 @@ fn cross_rewrite(g: &mut Graph, recipe: &Recipe, logits: &str, seed_offset: u64,
 /// input is replicated along the batch), probabilities averaged over the draws, the NLL
 /// of the average (or the MSE for regression), gradients for the regularization
 /// parameters only, and an Adam update of them.
-fn build_val(model: &ModelProto, recipe: &Recipe, logits: &str, input: &str, rank: usize, theta: &[String]) -> Result<ValStep> {
+fn build_val(
+    model: &ModelProto,
+    recipe: &Recipe,
+    logits: &str,
+    input: &str,
+    rank: usize,
+    theta: &[String],
+) -> Result<ValStep> {
     let (k, every, lr, batch) = match &recipe.regularizer {
-        Regularizer::CrossNoise(c) => (c.k, c.every, c.val_lr, Some(c.val_batch.unwrap_or(recipe.batch_size.div_ceil(c.k)))),
+        Regularizer::CrossNoise(c) => (
+            c.k,
+            c.every,
+            c.val_lr,
+            Some(c.val_batch.unwrap_or(recipe.batch_size.div_ceil(c.k))),
+        ),
         Regularizer::CrossNorm(c) => (1, c.every, c.val_lr, c.val_batch),
         _ => unreachable!("only cross-regularization has a validation step"),
     };
@@ -166,16 +254,26 @@ fn build_val(model: &ModelProto, recipe: &Recipe, logits: &str, input: &str, ran
     }
     let reg = cross_rewrite(&mut e, recipe, logits, 1, (k > 1).then_some(k))?;
     let opset = e.opset();
-    let label_dt = if recipe.loss == LossKind::Mse { DataType::Float as i32 } else { DataType::Int64 as i32 };
+    let label_dt = if recipe.loss == LossKind::Mse {
+        DataType::Float as i32
+    } else {
+        DataType::Int64 as i32
+    };
     let mut label_dims = vec![Dim::Param("N".into())];
     if recipe.loss == LossKind::Mse
         && let Some(s) = infer(&e).shape(logits)
     {
-        label_dims.extend(s.iter().skip(1).map(|d| d.map(Dim::Fixed).unwrap_or(Dim::Param("C".into()))));
+        label_dims.extend(
+            s.iter()
+                .skip(1)
+                .map(|d| d.map(Dim::Fixed).unwrap_or(Dim::Param("C".into()))),
+        );
     }
     let mut b = Builder::new(&e, "validation");
     b.prefix = "val/".into();
-    b.patch.add_inputs.push(value_info(LABELS, label_dt, &label_dims));
+    b.patch
+        .add_inputs
+        .push(value_info(LABELS, label_dt, &label_dims));
     let loss_v = match recipe.loss {
         LossKind::CrossEntropy => {
             let p = b.op_a("Softmax", &[logits], vec![attr_int("axis", 1)]);
@@ -202,44 +300,15 @@ fn build_val(model: &ModelProto, recipe: &Recipe, logits: &str, input: &str, ran
     };
     b.node_to("Identity", &[&loss_v], &[VAL_LOSS], vec![]);
     e.apply(b.finish())?;
-    let grads = differentiate(&mut e, VAL_LOSS, &reg)?;
-    let theta_here: Vec<String> = theta.iter().filter(|t| e.initializer(t).is_some()).cloned().collect();
-    lift(&mut e, &theta_here);
-    let reg_t = lift(&mut e, &reg);
-    let opt = crate::train::optim::OptimizerConfig {
-        kind: crate::train::optim::OptimizerKind::Adamw,
-        weight_decay: 0.0,
-        ..Default::default()
-    };
-    let mut b = Builder::new(&e, "validation-optimizer");
-    b.prefix = "val_optim/".into();
-    b.patch.add_inputs.push(value_info(VAL_LR, DataType::Float as i32, &[]));
-    b.patch.add_inputs.push(value_info(VAL_STEP, DataType::Float as i32, &[]));
-    let mut outputs = vec![value_info(VAL_LOSS, DataType::Float as i32, &[])];
-    let mut state = vec![];
-    for ((p, gname), t) in reg.iter().zip(&grads).zip(&reg_t) {
-        let slots = opt.slots(p);
-        let p_out = b.fresh_exact(&format!("{p}_new"));
-        let slot_outs: Vec<String> = slots.iter().map(|s| b.fresh_exact(&format!("{s}_new"))).collect();
-        for s in &slots {
-            b.patch.add_inputs.push(value_info(s, DataType::Float as i32, &[]));
-        }
-        opt.update(&mut b, p, gname, 0, VAL_LR, VAL_STEP, &slots, &p_out, &slot_outs);
-        outputs.push(value_info(&p_out, DataType::Float as i32, &[]));
-        state.push(StateEntry { name: p.clone(), output: p_out, kind: StateKind::Param, dims: vec![], init: t.clone() });
-        for (s, so) in slots.iter().zip(slot_outs) {
-            outputs.push(value_info(&so, DataType::Float as i32, &[]));
-            let init = crate::proto::tensor::<f32>(s, &[], &[0.0]);
-            state.push(StateEntry { name: s.clone(), output: so, kind: StateKind::Slot, dims: vec![], init });
-        }
-    }
-    e.apply(b.finish())?;
-    e.outputs = outputs;
-    e.remove_dead();
-    e.check("val_step")?;
-    Ok(ValStep { graph: e, state, every, lr, batch })
+    let (e, state) = finish_val(e, &reg, theta)?;
+    Ok(ValStep {
+        graph: e,
+        state,
+        every,
+        lr,
+        batch,
+    })
 }
-
 
 /// Names of the scalar inputs and outputs of `train_step.onnx`.
 pub const LR: &str = "lr";
@@ -358,7 +427,7 @@ pub fn build(model: &ModelProto, recipe: &Recipe) -> Result<Artifacts> {
             "the model already uses the names 'labels' or 'loss'; rename them before training",
         ));
     }
-        let mut diag: Vec<(String, String)> = vec![];
+    let mut diag: Vec<(String, String)> = vec![];
     let mut reg = reg;
     if let Regularizer::InverseRate(ir) = &recipe.regularizer {
         // Validated λ: log λ is a regularization parameter, an input of the training step.
@@ -368,7 +437,8 @@ pub fn build(model: &ModelProto, recipe: &Recipe) -> Result<Artifacts> {
             reg.push(LOG_LAMBDA.to_string());
             LOG_LAMBDA
         });
-        let o = crate::regularizers::inverse_rate::rewrite(&mut g, ir, LOSS, &head.per_sample, log_l)?;
+        let o =
+            crate::regularizers::inverse_rate::rewrite(&mut g, ir, LOSS, &head.per_sample, log_l)?;
         diag = vec![
             ("inverse_rate.reg".into(), o.reg),
             ("inverse_rate.J".into(), o.j),
@@ -504,9 +574,13 @@ pub fn build(model: &ModelProto, recipe: &Recipe) -> Result<Artifacts> {
     g.check("train_step")?;
 
     // ---- val_step.onnx (cross-regularization)
-    let theta: Vec<String> = state.iter().filter(|s| s.kind != StateKind::Slot).map(|s| s.name.clone()).collect();
+    let theta: Vec<String> = state
+        .iter()
+        .filter(|s| s.kind != StateKind::Slot)
+        .map(|s| s.name.clone())
+        .collect();
     let rank = input_dims.len().max(1);
-        let val = match &recipe.regularizer {
+    let val = match &recipe.regularizer {
         _ if reg.is_empty() => None,
         Regularizer::InverseRate(ir) => Some(build_lambda_val(model, recipe, ir, &logits, &theta)?),
         _ => Some(build_val(model, recipe, &logits, &input, rank, &theta)?),
@@ -516,7 +590,11 @@ pub fn build(model: &ModelProto, recipe: &Recipe) -> Result<Artifacts> {
     // (noise removed; the norm split applied with ρ as an input).
     let mut e = Graph::from_model(model.clone());
     to_inference(&mut e);
-    let eval_reg = if matches!(recipe.regularizer, Regularizer::CrossNorm(_)) { cross_rewrite(&mut e, recipe, &logits, 2, None)? } else { vec![] };
+    let eval_reg = if matches!(recipe.regularizer, Regularizer::CrossNorm(_)) {
+        cross_rewrite(&mut e, recipe, &logits, 2, None)?
+    } else {
+        vec![]
+    };
     lift(&mut e, &eval_reg);
     let eh = add_loss(&mut e, recipe.loss, &logits)?;
     let names: Vec<String> = state

@@ -88,8 +88,10 @@ pub fn grad_graph(model: ModelProto, opts: &GradOptions) -> Result<GradGraph> {
         value_info(&head.loss, dt, &[])
     };
     let mut outputs = vec![loss_vi];
+    let by_name: std::collections::HashMap<&str, &crate::proto::TensorProto> =
+        g.initializers.iter().map(|t| (t.name(), t)).collect();
     for (p, gname) in params.iter().zip(&grads) {
-        let t = g.initializer(p).expect("a parameter is an initializer");
+        let t = by_name[p.as_str()];
         let dims: Vec<crate::proto::Dim> = t
             .dims
             .iter()
