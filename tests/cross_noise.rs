@@ -6,13 +6,13 @@
 //! - The weights never see validation data: with σ frozen (`--val-lr 0`), two runs with
 //!   the same seed and different validation files (the real split, or 150 samples of
 //!   random pixels and random labels) end with bit-identical weights, optimizer slots
-//!   and BatchNormalization statistics. The noise of the training step comes from the
-//!   training session's own generator (seeded from the recipe), so a validation step
-//!   with a different number of draws must not shift it either.
+//!   and BatchNormalization statistics. The noise of the training step is keyed by
+//!   (seed, training step, site), so a validation step with a different number of draws
+//!   must not shift it either.
 //! - Structurally, for the noise and the norm variants: `train_step.onnx` reads the
 //!   regularization parameters as plain inputs, computes no gradient for them and
-//!   outputs no update of them, and has no input besides the batch, the step scalars and
-//!   the state; `val_step.onnx` outputs only the validation loss and the regularization
+//!   outputs no update of them, and has no input besides the batch, the step scalars,
+//!   the state and one ε per noise site; `val_step.onnx` outputs only the validation loss and the regularization
 //!   parameters' updates (with their Adam slots), never a weight.
 //! - On the CNN (Conv + BatchNormalization) cross-noise trains and exports, both the
 //!   deterministic and the `mc:8` predictive; export cross-checks ONNX Runtime against
@@ -238,10 +238,18 @@ fn check_artifacts(dir: &Path, is_reg: &dyn Fn(&str) -> bool, what: &str) {
 
     // train_step.onnx
     let (inputs, outputs, values) = io_of(&dir.join("train_step.onnx"));
+    // Besides the state: the batch, the step scalars and, per noise site, its ε (drawn by
+    // the trainer from a generator keyed by seed, training step and site).
+    let eps: BTreeSet<String> = reg_params
+        .iter()
+        .filter_map(|p| p.strip_suffix(".log_sigma"))
+        .map(|s| format!("{s}.eps"))
+        .collect();
     let extra: BTreeSet<&String> = inputs.iter().filter(|i| !names.contains(*i)).collect();
     let expected: BTreeSet<String> = ["x", "labels", "lr", "step"]
         .iter()
         .map(|s| s.to_string())
+        .chain(eps.iter().cloned())
         .collect();
     assert_eq!(
         extra,
@@ -253,7 +261,7 @@ fn check_artifacts(dir: &Path, is_reg: &dyn Fn(&str) -> bool, what: &str) {
     }
     for i in &inputs {
         assert!(
-            !is_reg(i) || reg_params.contains(i),
+            !is_reg(i) || reg_params.contains(i) || eps.contains(i),
             "{what}: train_step.onnx reads the validation optimizer's slot {i}"
         );
     }
@@ -376,4 +384,45 @@ fn cross_noise_cnn_trains_and_exports_deterministic_and_mc() {
         let top1 = v["top1"].as_f64().unwrap();
         assert!(top1 > 0.1, "{pred}: top-1 {top1} is not better than chance");
     }
+}
+
+/// The noise is keyed by (seed, step, site) and the validation steps' count and cursor
+/// follow from the training step, so a cross-noise run stopped after 2 epochs and
+/// resumed ends bit-identical to an uninterrupted 3-epoch run (σ and its Adam slots too).
+#[test]
+fn cross_noise_resume_is_bit_exact() {
+    let dir = common::tempdir();
+    let (full, split) = (dir.path().join("full"), dir.path().join("split"));
+    let flags = ["--every", "5", "--val-lr", "0.05", "--init-sigma", "0.3"];
+    std::thread::scope(|s| {
+        s.spawn(|| train_mlp(&full, &[&["--epochs", "3"][..], &flags].concat()));
+        s.spawn(|| {
+            train_mlp(&split, &[&["--epochs", "2"][..], &flags].concat());
+            train_mlp(
+                &split,
+                &[&["--epochs", "3", "--resume"][..], &flags].concat(),
+            );
+        });
+    });
+    let a = checkpoint::load(&full.join("checkpoint.safetensors")).unwrap();
+    let b = checkpoint::load(&split.join("checkpoint.safetensors")).unwrap();
+    assert_eq!(a.position, b.position);
+    assert_eq!(
+        a.tensors.keys().collect::<Vec<_>>(),
+        b.tensors.keys().collect::<Vec<_>>()
+    );
+    for (name, (_, va)) in &a.tensors {
+        let vb = &b.tensors[name].1;
+        assert!(
+            va.iter().zip(vb).all(|(x, y)| x.to_bits() == y.to_bits()),
+            "'{name}' differs after a resume"
+        );
+    }
+    let s0 = (0.3f32).ln();
+    assert!(
+        a.tensors
+            .iter()
+            .any(|(n, (_, v))| n.ends_with(".log_sigma") && v[0] != s0),
+        "σ was learned"
+    );
 }

@@ -20,11 +20,18 @@ pub struct CrossNorm {
     pub every: usize,
     /// Learning rate of the ρ parameters (Adam).
     pub val_lr: f32,
+    /// Samples per validation step (default: the training batch size).
+    pub val_batch: Option<usize>,
 }
 
 impl Default for CrossNorm {
     fn default() -> Self {
-        CrossNorm { layers: None, every: 10, val_lr: 0.01 }
+        CrossNorm {
+            layers: None,
+            every: 10,
+            val_lr: 0.01,
+            val_batch: None,
+        }
     }
 }
 
@@ -50,22 +57,33 @@ pub fn select(g: &Graph, pattern: Option<&str>) -> Result<Vec<String>> {
         }
     }
     if out.is_empty() {
-        return Err(Error::flag("--norm-layers", "no Gemm/MatMul/Conv weight initializer matches"));
+        return Err(Error::flag(
+            "--norm-layers",
+            "no Gemm/MatMul/Conv weight initializer matches",
+        ));
     }
     Ok(out)
 }
 
 /// Replace each weight's uses by ρ·v/‖v‖; `rho` gives ρ per weight (None: ‖v‖).
-pub fn reparametrize(g: &mut Graph, weights: &[String], rho: &dyn Fn(&str) -> Option<f32>) -> Result<Vec<String>> {
+pub fn reparametrize(
+    g: &mut Graph,
+    weights: &[String],
+    rho: &dyn Fn(&str) -> Option<f32>,
+) -> Result<Vec<String>> {
     let mut b = Builder::new(g, "cross-norm");
     let mut names = vec![];
     for w in weights {
-        let t = g.initializer(w).ok_or_else(|| Error::msg(format!("'{w}' is not an initializer")))?;
+        let t = g
+            .initializer(w)
+            .ok_or_else(|| Error::msg(format!("'{w}' is not an initializer")))?;
         let v = tensor_values::<f32>(t)?;
         let norm = v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt() as f32;
         let p = param_name(w);
         b.prefix = format!("norm/{w}/");
-        b.patch.initializers.push(tensor::<f32>(&p, &[], &[rho(w).unwrap_or(norm)]));
+        b.patch
+            .initializers
+            .push(tensor::<f32>(&p, &[], &[rho(w).unwrap_or(norm)]));
         let sq = b.op("Mul", &[w, w]);
         let s = b.op_a("ReduceSum", &[&sq], vec![attr_int("keepdims", 0)]);
         let n = b.op("Sqrt", &[&s]);
@@ -81,5 +99,7 @@ pub fn reparametrize(g: &mut Graph, weights: &[String], rho: &dyn Fn(&str) -> Op
 /// ρ·v/‖v‖ computed on the host (for export).
 pub fn fold(v: &[f32], rho: f32) -> Vec<f32> {
     let norm = v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
-    v.iter().map(|x| (*x as f64 * rho as f64 / norm) as f32).collect()
+    v.iter()
+        .map(|x| (*x as f64 * rho as f64 / norm) as f32)
+        .collect()
 }
