@@ -3,8 +3,11 @@
 //! momentum, BatchNorm statistics) as an uninterrupted run, bit for bit, and the same
 //! per-epoch metrics.
 //!
-//! The model is the CNN (BatchNormalization buffers are part of the state) on digits;
-//! every run uses the same thread count so ONNX Runtime's arithmetic is the same.
+//! The models: the CNN (BatchNormalization buffers are part of the state) with the
+//! default recipe, and the MLP with cross-regularization by noise (the validation
+//! step's parameters, their Adam state, its place in the validation split and the noise
+//! draws must all continue where they were). Every run uses the same thread count so
+//! ONNX Runtime's arithmetic is the same.
 
 mod common;
 
@@ -15,19 +18,42 @@ use std::time::{Duration, Instant};
 
 use regraft::runtime::checkpoint::{self, Position, TensorMap};
 
-const EPOCHS: usize = 6;
+/// A training run to interrupt: the model, extra flags and its length.
+struct Case {
+    id: usize,
+    model: &'static str,
+    extra: &'static [&'static str],
+    epochs: usize,
+}
 
-fn args(run: &Path, resume: bool) -> Vec<String> {
+/// The CNN with the default recipe (SGD with Nesterov momentum).
+const CNN: Case = Case {
+    id: 0,
+    model: "models/cnn.onnx",
+    extra: &[],
+    epochs: 6,
+};
+
+/// Cross-regularization with noise sites: the validation step, its Adam state, its cursor
+/// in the validation split and the noise draws must all continue where they were.
+const CROSS_NOISE: Case = Case {
+    id: 1,
+    model: "models/mlp.onnx",
+    extra: &["--regularizer", "cross-noise", "--every", "3"],
+    epochs: 4,
+};
+
+fn args(case: &Case, run: &Path, resume: bool) -> Vec<String> {
     let r = common::root();
     let mut v: Vec<String> = vec![
         "train".into(),
-        r.join("models/cnn.onnx").display().to_string(),
+        r.join(case.model).display().to_string(),
         "--data".into(),
         r.join("tests/data/digits_train.npz").display().to_string(),
         "--val".into(),
         r.join("tests/data/digits_val.npz").display().to_string(),
         "--epochs".into(),
-        EPOCHS.to_string(),
+        case.epochs.to_string(),
         "--batch-size".into(),
         "64".into(),
         "--lr".into(),
@@ -40,15 +66,16 @@ fn args(run: &Path, resume: bool) -> Vec<String> {
         "-o".into(),
         run.display().to_string(),
     ];
+    v.extend(case.extra.iter().map(|s| s.to_string()));
     if resume {
         v.push("--resume".into());
     }
     v
 }
 
-fn spawn(run: &Path) -> Child {
+fn spawn(case: &Case, run: &Path) -> Child {
     Command::new(env!("CARGO_BIN_EXE_regraft"))
-        .args(args(run, false))
+        .args(args(case, run, false))
         .current_dir(common::root())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -56,8 +83,8 @@ fn spawn(run: &Path) -> Child {
         .expect("start regraft train")
 }
 
-fn run_to_end(run: &Path, resume: bool) -> String {
-    let out = common::regraft(&args(run, resume));
+fn run_to_end(case: &Case, run: &Path, resume: bool) -> String {
+    let out = common::regraft(&args(case, run, resume));
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(
         out.status.success(),
@@ -113,16 +140,16 @@ fn read_final(run: &Path) -> Final {
     }
 }
 
-/// The uninterrupted run, made once per test binary.
-fn reference() -> &'static Final {
-    static A: OnceLock<Final> = OnceLock::new();
-    A.get_or_init(|| {
+/// The uninterrupted run of a case, made once per test binary.
+fn reference(case: &Case) -> &'static Final {
+    static REFS: [OnceLock<Final>; 2] = [OnceLock::new(), OnceLock::new()];
+    REFS[case.id].get_or_init(|| {
         let tmp = common::tempdir();
         let run = tmp.path().join("a");
-        run_to_end(&run, false);
+        run_to_end(case, &run, false);
         let f = read_final(&run);
-        assert_eq!(f.position.epoch, EPOCHS);
-        assert_eq!(f.metrics.len(), EPOCHS);
+        assert_eq!(f.position.epoch, case.epochs);
+        assert_eq!(f.metrics.len(), case.epochs);
         f
     })
 }
@@ -156,10 +183,6 @@ fn assert_same_state(got: &Final, want: &Final, what: &str) {
         want.tensors.keys().any(|k| k.ends_with(".momentum")),
         "the state holds momentum"
     );
-    assert!(
-        want.tensors.keys().any(|k| k.ends_with("running_mean")),
-        "the state holds BatchNorm statistics"
-    );
     let mut differ = vec![];
     for (k, (shape, a)) in &want.tensors {
         let (s, b) = &got.tensors[k];
@@ -192,12 +215,12 @@ fn assert_same_state(got: &Final, want: &Final, what: &str) {
     );
 }
 
-#[test]
-fn kill_9_then_resume_gives_the_uninterrupted_weights_bit_for_bit() {
-    let want = reference();
+/// Kill the run with SIGKILL some way into its second epoch, then --resume.
+fn kill_9_and_resume(case: &Case, what: &str) {
+    let want = reference(case);
     let tmp = common::tempdir();
     let run = tmp.path().join("b");
-    let mut child = spawn(&run);
+    let mut child = spawn(case, &run);
     wait_for_checkpoint(&mut child, &run);
     // Into the next epoch, so the kill throws away unsaved steps.
     std::thread::sleep(Duration::from_secs_f64(want.epoch_seconds * 0.4));
@@ -208,24 +231,24 @@ fn kill_9_then_resume_gives_the_uninterrupted_weights_bit_for_bit() {
         .expect("the checkpoint survives kill -9");
     let pos = at_kill.position.expect("a position");
     assert!(
-        (1..EPOCHS).contains(&pos.epoch),
-        "the run was killed at {pos:?}, not after its first epoch and before its last (machine too fast? raise EPOCHS)"
+        (1..case.epochs).contains(&pos.epoch),
+        "the run was killed at {pos:?}, not after its first epoch and before its last (machine too fast? raise the epochs)"
     );
-    eprintln!("killed with {} epochs checkpointed", pos.epoch);
-    let err = run_to_end(&run, true);
+    eprintln!("{what}: killed with {} epochs checkpointed", pos.epoch);
+    let err = run_to_end(case, &run, true);
     assert!(
         err.contains(&format!("resuming at epoch {}", pos.epoch + 1)),
         "{err}"
     );
-    assert_same_state(&read_final(&run), want, "kill -9 + --resume");
+    assert_same_state(&read_final(&run), want, what);
 }
 
-#[test]
-fn ctrl_c_mid_epoch_then_resume_gives_the_uninterrupted_weights_bit_for_bit() {
-    let want = reference();
+/// Send SIGINT (Ctrl-C) in the middle of the second epoch, then --resume.
+fn ctrl_c_and_resume(case: &Case, what: &str) {
+    let want = reference(case);
     let tmp = common::tempdir();
     let run = tmp.path().join("c");
-    let mut child = spawn(&run);
+    let mut child = spawn(case, &run);
     wait_for_checkpoint(&mut child, &run);
     std::thread::sleep(Duration::from_secs_f64(want.epoch_seconds * 0.5));
     let ok = Command::new("kill")
@@ -251,7 +274,7 @@ fn ctrl_c_mid_epoch_then_resume_gives_the_uninterrupted_weights_bit_for_bit() {
         .position
         .expect("a position");
     assert!(
-        pos.epoch >= 1 && pos.epoch < EPOCHS,
+        pos.epoch >= 1 && pos.epoch < case.epochs,
         "interrupted at {pos:?}"
     );
     assert!(
@@ -264,12 +287,12 @@ fn ctrl_c_mid_epoch_then_resume_gives_the_uninterrupted_weights_bit_for_bit() {
         pos.step
     );
     eprintln!(
-        "interrupted at epoch {}, batch {} (step {})",
+        "{what}: interrupted at epoch {}, batch {} (step {})",
         pos.epoch + 1,
         pos.batch,
         pos.step
     );
-    let err = run_to_end(&run, true);
+    let err = run_to_end(case, &run, true);
     assert!(
         err.contains(&format!(
             "resuming at epoch {}, batch {}",
@@ -278,5 +301,34 @@ fn ctrl_c_mid_epoch_then_resume_gives_the_uninterrupted_weights_bit_for_bit() {
         )),
         "{err}"
     );
-    assert_same_state(&read_final(&run), want, "Ctrl-C + --resume");
+    assert_same_state(&read_final(&run), want, what);
+}
+
+#[test]
+fn kill_9_then_resume_gives_the_uninterrupted_weights_bit_for_bit() {
+    assert!(
+        reference(&CNN)
+            .tensors
+            .keys()
+            .any(|k| k.ends_with("running_mean")),
+        "the state holds BatchNorm statistics"
+    );
+    kill_9_and_resume(&CNN, "kill -9 + --resume");
+}
+
+#[test]
+fn ctrl_c_mid_epoch_then_resume_gives_the_uninterrupted_weights_bit_for_bit() {
+    ctrl_c_and_resume(&CNN, "Ctrl-C + --resume");
+}
+
+#[test]
+fn cross_noise_run_resumes_bit_for_bit() {
+    let keys = &reference(&CROSS_NOISE).tensors;
+    assert!(
+        keys.keys().any(|k| k.ends_with(".log_sigma"))
+            && keys.keys().any(|k| k.ends_with(".log_sigma.exp_avg")),
+        "the state holds the noise scales and their optimizer state: {:?}",
+        keys.keys().collect::<Vec<_>>()
+    );
+    ctrl_c_and_resume(&CROSS_NOISE, "cross-noise, Ctrl-C + --resume");
 }
