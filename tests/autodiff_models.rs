@@ -247,7 +247,8 @@ fn compare(what: &str, got: &ArrayD<f64>, want: &ArrayD<f64>) -> Option<String> 
         .zip(want)
         .fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
     let tol = 1e-4 * scale + 1e-6;
-    (!(diff <= tol)).then(|| {
+    let close = diff <= tol; // a NaN is not close
+    (!close).then(|| {
         format!(
             "{what}: max |regraft − PyTorch| = {diff:.3e} > {tol:.3e} (max |PyTorch| = {scale:.3e})"
         )
