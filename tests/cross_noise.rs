@@ -426,3 +426,132 @@ fn cross_noise_resume_is_bit_exact() {
         "σ was learned"
     );
 }
+
+/// The validation step's gradient for log σ (read back from Adam's first moment after one
+/// step from zero slots: m = (1 − β1)·g) equals central finite differences of its own
+/// validation loss, with the ε inputs held fixed.
+#[test]
+fn val_step_gradient_matches_finite_differences() {
+    use ort::value::{DynValue, Tensor};
+    use regraft::runtime::data::{Labels, load_npz};
+    use regraft::runtime::{SessionOptions, session};
+
+    let dir = common::tempdir();
+    let run = dir.path().join("run");
+    train_mlp(
+        &run,
+        &["--epochs", "2", "--val-lr", "0", "--init-sigma", "0.5"],
+    );
+    let ck = checkpoint::load(&run.join("checkpoint.safetensors")).unwrap();
+    let bytes = std::fs::read(run.join("val_step.onnx")).unwrap();
+    let mut s = session(
+        &bytes,
+        &SessionOptions {
+            threads: 1,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let val = load_npz(&common::root().join("tests/data/digits_val.npz"), false).unwrap();
+    let n = 16;
+    let (x, xshape, y) = val.batch(&(0..n).collect::<Vec<_>>());
+    let Labels::Classes(y) = y else { panic!() };
+    let inputs: Vec<(String, Vec<i64>)> = s
+        .inputs()
+        .iter()
+        .map(|i| {
+            let dims = match i.dtype() {
+                ort::value::ValueType::Tensor { shape, .. } => shape.iter().copied().collect(),
+                _ => vec![],
+            };
+            (i.name().to_string(), dims)
+        })
+        .collect();
+    let scalar = |v: f32| -> DynValue {
+        Tensor::from_array((Vec::<usize>::new(), vec![v]))
+            .unwrap()
+            .into_dyn()
+    };
+    let feeds = |log_sigma: &dyn Fn(&str) -> Option<f32>| -> Vec<(String, DynValue)> {
+        inputs
+            .iter()
+            .enumerate()
+            .map(|(k, (name, dims))| {
+                let v: DynValue = match name.as_str() {
+                    "x" => Tensor::from_array((xshape.clone(), x.clone()))
+                        .unwrap()
+                        .into_dyn(),
+                    "labels" => Tensor::from_array((vec![n], y.clone())).unwrap().into_dyn(),
+                    "val_lr" => scalar(0.0),
+                    "val_step" => scalar(1.0),
+                    e if e.ends_with(".eps") => {
+                        let shape: Vec<usize> = dims
+                            .iter()
+                            .map(|&d| if d < 0 { n } else { d as usize })
+                            .collect();
+                        let mut data = vec![0f32; shape.iter().product()];
+                        regraft::regularizers::noise::fill_normal(&mut data, &[9, k as u64]);
+                        Tensor::from_array((shape, data)).unwrap().into_dyn()
+                    }
+                    p => match log_sigma(p) {
+                        Some(v) => scalar(v),
+                        None if p.ends_with(".exp_avg") || p.ends_with(".exp_avg_sq") => {
+                            scalar(0.0)
+                        }
+                        None => {
+                            let (shape, data) = &ck.tensors[p];
+                            Tensor::from_array((shape.clone(), data.clone()))
+                                .unwrap()
+                                .into_dyn()
+                        }
+                    },
+                };
+                (name.clone(), v)
+            })
+            .collect()
+    };
+    let params: Vec<String> = ck
+        .tensors
+        .keys()
+        .filter(|k| k.ends_with(".log_sigma"))
+        .cloned()
+        .collect();
+    assert_eq!(params.len(), 2);
+    let base = |p: &str| ck.tensors[p].1[0];
+    let outs = s
+        .run(feeds(&|p| params.contains(&p.to_string()).then(|| base(p))))
+        .unwrap();
+    let loss =
+        |o: &ort::session::SessionOutputs| o["val_loss"].try_extract_tensor::<f32>().unwrap().1[0];
+    let l0 = loss(&outs);
+    let grads: Vec<f64> = params
+        .iter()
+        .map(|p| {
+            outs[format!("{p}.exp_avg_new").as_str()]
+                .try_extract_tensor::<f32>()
+                .unwrap()
+                .1[0] as f64
+                / 0.1
+        })
+        .collect();
+    drop(outs);
+    let h = 1e-2f32;
+    for (p, g) in params.iter().zip(&grads) {
+        let mut at = |d: f32| -> f64 {
+            let o = s
+                .run(feeds(&|q| {
+                    params
+                        .contains(&q.to_string())
+                        .then(|| base(q) + if q == p { d } else { 0.0 })
+                }))
+                .unwrap();
+            loss(&o) as f64
+        };
+        let fd = (at(h) - at(-h)) / (2.0 * h as f64);
+        eprintln!("{p}: loss {l0:.5}, analytic {g:.6}, finite differences {fd:.6}");
+        assert!(
+            (g - fd).abs() <= 0.05 * g.abs().max(fd.abs()) + 2e-4,
+            "{p}: analytic {g}, finite differences {fd}"
+        );
+    }
+}
