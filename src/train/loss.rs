@@ -110,16 +110,14 @@ pub fn add_loss(g: &mut Graph, kind: LossKind, logits: &str) -> Result<LossHead>
             let shape = b.op("Shape", &[logits]);
             let one = b.ints(&[1]);
             let depth = b.op_a("Gather", &[&shape, &one], vec![attr_int("axis", 0)]);
-            let vals = if dt == DataType::Double as i32 {
-                b.constant::<f64>(&[2], &[0.0, 1.0])
+                        // ORT's OneHot has no float64 kernel: build it in float32 and cast.
+            let vals = b.constant::<f32>(&[2], &[0.0, 1.0]);
+            let oh = b.op_a("OneHot", &[&labels, &depth, &vals], vec![attr_int("axis", -1)]);
+            let oh = if dt == DataType::Double as i32 {
+                b.op_a("Cast", &[&oh], vec![attr_int("to", dt as i64)])
             } else {
-                b.constant::<f32>(&[2], &[0.0, 1.0])
+                oh
             };
-            let oh = b.op_a(
-                "OneHot",
-                &[&labels, &depth, &vals],
-                vec![attr_int("axis", -1)],
-            );
             let picked = b.op("Mul", &[&logp, &oh]);
             let s = b.op_a("ReduceSum", &[&picked, &one], vec![attr_int("keepdims", 0)]);
             let per = b.op("Neg", &[&s]);
