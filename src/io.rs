@@ -281,7 +281,8 @@ pub fn write_atomic(
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o644)).file_ctx(path)?;
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o644))
+            .file_ctx(path)?;
     }
     tmp.persist(path)
         .map_err(|e| Error::file(path, e.error.to_string()))?;

@@ -161,7 +161,9 @@ impl RecipeFlags {
             Some("none") => r.regularizer = Regularizer::None,
             // A recipe's own settings for the same regularizer are kept.
             Some("inverse-rate") if matches!(r.regularizer, Regularizer::InverseRate(_)) => {}
-            Some("inverse-rate") => r.regularizer = Regularizer::InverseRate(InverseRate::default()),
+            Some("inverse-rate") => {
+                r.regularizer = Regularizer::InverseRate(InverseRate::default())
+            }
             // A recipe's own settings for the same regularizer are kept.
             Some("cross-noise") if matches!(r.regularizer, Regularizer::CrossNoise(_)) => {}
             Some("cross-noise") => r.regularizer = Regularizer::CrossNoise(CrossNoise::default()),
@@ -171,7 +173,9 @@ impl RecipeFlags {
             Some(other) => {
                 return Err(crate::Error::flag(
                     "--regularizer",
-                    format!("unknown regularizer '{other}' (none, inverse-rate, cross-noise, cross-norm)"),
+                    format!(
+                        "unknown regularizer '{other}' (none, inverse-rate, cross-noise, cross-norm)"
+                    ),
                 ));
             }
         }
@@ -230,12 +234,19 @@ impl RecipeFlags {
             }
             Regularizer::None => {}
         }
-        let cross_flags = self.noise_layers.is_some() || self.init_sigma.is_some() || self.k.is_some();
+        let cross_flags =
+            self.noise_layers.is_some() || self.init_sigma.is_some() || self.k.is_some();
         if cross_flags && !matches!(r.regularizer, Regularizer::CrossNoise(_)) {
-            return Err(crate::Error::flag("--noise-layers/--init-sigma/--k", "need --regularizer cross-noise"));
+            return Err(crate::Error::flag(
+                "--noise-layers/--init-sigma/--k",
+                "need --regularizer cross-noise",
+            ));
         }
         if self.norm_layers.is_some() && !matches!(r.regularizer, Regularizer::CrossNorm(_)) {
-            return Err(crate::Error::flag("--norm-layers", "needs --regularizer cross-norm"));
+            return Err(crate::Error::flag(
+                "--norm-layers",
+                "needs --regularizer cross-norm",
+            ));
         }
         r.validate()?;
         Ok(r)

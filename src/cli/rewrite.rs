@@ -32,12 +32,16 @@ pub fn write_artifacts(
         dir.join("train_step.onnx"),
         &External::Auto,
     )?;
-        save_model(&a.eval.to_model(), dir.join("eval.onnx"), &External::Auto)?;
+    save_model(&a.eval.to_model(), dir.join("eval.onnx"), &External::Auto)?;
     if let Some(v) = &a.val {
-        save_model(&v.graph.to_model(), dir.join("val_step.onnx"), &External::Auto)?;
+        save_model(
+            &v.graph.to_model(),
+            dir.join("val_step.onnx"),
+            &External::Auto,
+        )?;
     }
     save_model(model, dir.join("model.onnx"), &External::Auto)?;
-        let init: TensorMap = a
+    let init: TensorMap = a
         .state
         .iter()
         .chain(a.val.iter().flat_map(|v| v.state.iter()))

@@ -120,8 +120,8 @@ pub fn run(a: Args) -> Result<()> {
         &art.input_dims,
         art.classes.filter(|_| !float_labels),
     )?;
-        // Cross-regularization learns on a validation split: 10 % of the data unless told.
-        let cross = art.val.is_some();
+    // Cross-regularization learns on a validation split: 10 % of the data unless told.
+    let cross = art.val.is_some();
     // (The inverse rate's validated λ uses the same validation machinery.)
     let val_fraction = a.val_fraction.or((cross && a.val.is_none()).then_some(0.1));
     let (train, val) = match (&a.val, val_fraction) {
@@ -154,7 +154,7 @@ pub fn run(a: Args) -> Result<()> {
         input: art.input.clone(),
         logits: art.logits.clone(),
         classification: recipe.loss == LossKind::CrossEntropy,
-                extras: art.extras.clone(),
+        extras: art.extras.clone(),
         val: art.val.as_ref().map(|v| crate::runtime::trainer::ValSpec {
             bytes: prost::Message::encode_to_vec(&v.graph.to_model()),
             state: v.state.clone(),
@@ -169,12 +169,14 @@ pub fn run(a: Args) -> Result<()> {
     let info = RunInfo {
         data: abs(&a.data),
         val: a.val.as_ref().map(abs),
-                val_fraction,
+        val_fraction,
         seed: recipe.seed,
         device: a.device.to_string(),
     };
     let js = serde_json::to_string_pretty(&info).expect("run info serializes");
-    crate::io::write_atomic(&a.output.join("run.json"), |f| std::io::Write::write_all(f, js.as_bytes()))?;
+    crate::io::write_atomic(&a.output.join("run.json"), |f| {
+        std::io::Write::write_all(f, js.as_bytes())
+    })?;
     let fo = FitOptions {
         epochs: recipe.epochs,
         batch_size: recipe.batch_size,

@@ -16,18 +16,36 @@ pub mod temperature;
 /// deterministic and identical on every runtime. Its "logits" output is log p̄.
 pub fn mc_graph(run: &Run, k: usize) -> Result<(Graph, String)> {
     let crate::regularizers::Regularizer::CrossNoise(cfg) = &run.recipe.regularizer else {
-        return Err(Error::flag("--predictive mc:K", "needs a run trained with --regularizer cross-noise"));
+        return Err(Error::flag(
+            "--predictive mc:K",
+            "needs a run trained with --regularizer cross-noise",
+        ));
     };
     let (mut g, logits) = inference_graph(run)?;
-    let input = g.real_inputs().next().map(|i| i.name().to_string()).ok_or_else(|| Error::msg("the model has no input"))?;
+    let input = g
+        .real_inputs()
+        .next()
+        .map(|i| i.name().to_string())
+        .ok_or_else(|| Error::msg("the model has no input"))?;
     let rank = crate::ir::infer::infer(&g).rank(&input).unwrap_or(2);
     crate::regularizers::noise::replicate_input(&mut g, &input, k, rank)?;
     let sites = crate::regularizers::noise::select_sites(&g, cfg.layers.as_deref(), &logits)?;
     let state = &run.state;
     let log_sigma = |site: &str| -> f32 {
-        state.get(&crate::regularizers::noise::param_name(site)).map(|(_, v)| v[0]).unwrap_or(cfg.init_sigma.ln() as f32)
+        state
+            .get(&crate::regularizers::noise::param_name(site))
+            .map(|(_, v)| v[0])
+            .unwrap_or(cfg.init_sigma.ln() as f32)
     };
-    crate::regularizers::noise::insert(&mut g, &sites, &log_sigma, crate::regularizers::noise::Draw::Fixed { k, seed: run.recipe.seed })?;
+    crate::regularizers::noise::insert(
+        &mut g,
+        &sites,
+        &log_sigma,
+        crate::regularizers::noise::Draw::Fixed {
+            k,
+            seed: run.recipe.seed,
+        },
+    )?;
     let opset = g.opset();
     let mut b = Builder::new(&g, "mc-predictive");
     b.prefix = "mc/".into();
@@ -116,7 +134,11 @@ pub fn check_data(model: &ModelProto, ds: &Dataset, path: &Path) -> Result<()> {
 
 /// Class labels must index the model's `c` outputs.
 pub fn check_labels(y: &[i64], c: usize, path: &Path) -> Result<()> {
-    match y.iter().enumerate().find(|&(_, &v)| v < 0 || v as usize >= c) {
+    match y
+        .iter()
+        .enumerate()
+        .find(|&(_, &v)| v < 0 || v as usize >= c)
+    {
         Some((i, &bad)) => Err(Error::file(
             path,
             format!(

@@ -237,7 +237,7 @@ impl Graph {
         self.inputs.extend(add_inputs);
         self.outputs.extend(add_outputs);
         self.toposort()?;
-                if super::checks_enabled() {
+        if super::checks_enabled() {
             self.check(if rule.is_empty() { "patch" } else { &rule })?;
         }
         Ok(())

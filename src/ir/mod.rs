@@ -73,7 +73,9 @@ pub type NameMap<K, V> = HashMap<K, V, BuildHasherDefault<NameHasher>>;
 /// in release builds when `REGRAFT_CHECK=1` (the test suite sets it).
 pub fn checks_enabled() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| cfg!(debug_assertions) || std::env::var_os("REGRAFT_CHECK").is_some_and(|v| v == "1"))
+    *ON.get_or_init(|| {
+        cfg!(debug_assertions) || std::env::var_os("REGRAFT_CHECK").is_some_and(|v| v == "1")
+    })
 }
 
 /// Hands out names that are unique across values, nodes and initializers of a graph.

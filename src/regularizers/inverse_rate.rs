@@ -42,7 +42,7 @@ pub struct InverseRate {
     pub grid: Vec<f64>,
     /// Confidence δ of the bound, for s = ln(1/δ)/n in `grid` mode.
     pub delta: f64,
-        /// Training-set size n; filled in by `regraft train` from the data.
+    /// Training-set size n; filled in by `regraft train` from the data.
     pub n_train: Option<usize>,
     /// `validated` mode: a validation step every `every` training steps ...
     pub every: usize,
@@ -57,7 +57,7 @@ impl Default for InverseRate {
             lambda: 1.0,
             lambda_mode: LambdaMode::Fixed,
             grid: vec![0.001, 0.01, 0.1, 0.5, 1.0, 2.0],
-                        delta: 0.05,
+            delta: 0.05,
             n_train: None,
             every: 10,
             val_lr: 0.01,

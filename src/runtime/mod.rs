@@ -234,11 +234,24 @@ pub fn available_providers() -> Result<Vec<&'static str>> {
 
 /// Run an inference session on a dataset in batches; returns the first output
 /// (flattened) and its per-sample width. The model's only input gets the samples.
-pub fn predict(sess: &mut Session, ds: &data::Dataset, batch: usize, output: Option<&str>) -> Result<(Vec<f32>, usize)> {
-    let input = sess.inputs().first().map(|i| i.name().to_string()).ok_or_else(|| Error::msg("the model has no input"))?;
+pub fn predict(
+    sess: &mut Session,
+    ds: &data::Dataset,
+    batch: usize,
+    output: Option<&str>,
+) -> Result<(Vec<f32>, usize)> {
+    let input = sess
+        .inputs()
+        .first()
+        .map(|i| i.name().to_string())
+        .ok_or_else(|| Error::msg("the model has no input"))?;
     let out_name = match output {
         Some(o) => o.to_string(),
-        None => sess.outputs().first().map(|o| o.name().to_string()).ok_or_else(|| Error::msg("the model has no output"))?,
+        None => sess
+            .outputs()
+            .first()
+            .map(|o| o.name().to_string())
+            .ok_or_else(|| Error::msg("the model has no output"))?,
     };
     let idx: Vec<usize> = (0..ds.len()).collect();
     let (mut all, mut width) = (Vec::new(), 0);

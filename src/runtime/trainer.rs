@@ -243,7 +243,10 @@ impl Trainer {
         let mut init = init;
         if let Some(v) = t.val.as_ref() {
             for e in &v.spec.state {
-                init.insert(e.name.clone(), (vec![], crate::proto::tensor_values::<f32>(&e.init)?));
+                init.insert(
+                    e.name.clone(),
+                    (vec![], crate::proto::tensor_values::<f32>(&e.init)?),
+                );
             }
         }
         t.upload(&init)?;
@@ -387,7 +390,7 @@ impl Trainer {
             }
             let host = v.sets[v.current][i].to(AllocationDevice::CPU, 0)?;
             let x = host.try_extract_tensor::<f32>()?.1[0] as f64;
-                        if let Some(base) = e.name.strip_suffix(".log_sigma") {
+            if let Some(base) = e.name.strip_suffix(".log_sigma") {
                 out.push((format!("{base}.sigma"), x.exp()));
             } else if let Some(base) = e.name.strip_suffix(".log_lambda") {
                 out.push((format!("{base}.lambda_validated"), x.exp()));
@@ -637,7 +640,11 @@ pub fn fit(
         let mut cur = (0usize, 0usize);
         for _ in 0..done {
             let end = (cur.1 + val_batch).min(len);
-            cur = if end >= len { (cur.0 + 1, 0) } else { (cur.0, end) };
+            cur = if end >= len {
+                (cur.0 + 1, 0)
+            } else {
+                (cur.0, end)
+            };
         }
         (done, cur)
     };

@@ -110,9 +110,13 @@ pub fn add_loss(g: &mut Graph, kind: LossKind, logits: &str) -> Result<LossHead>
             let shape = b.op("Shape", &[logits]);
             let one = b.ints(&[1]);
             let depth = b.op_a("Gather", &[&shape, &one], vec![attr_int("axis", 0)]);
-                        // ORT's OneHot has no float64 kernel: build it in float32 and cast.
+            // ORT's OneHot has no float64 kernel: build it in float32 and cast.
             let vals = b.constant::<f32>(&[2], &[0.0, 1.0]);
-            let oh = b.op_a("OneHot", &[&labels, &depth, &vals], vec![attr_int("axis", -1)]);
+            let oh = b.op_a(
+                "OneHot",
+                &[&labels, &depth, &vals],
+                vec![attr_int("axis", -1)],
+            );
             let oh = if dt == DataType::Double as i32 {
                 b.op_a("Cast", &[&oh], vec![attr_int("to", dt as i64)])
             } else {

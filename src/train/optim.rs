@@ -207,16 +207,10 @@ pub enum Schedule {
     #[default]
     Constant,
     /// Multiply by `gamma` every `step_size` epochs.
-    Step {
-        step_size: usize,
-        gamma: f32,
-    },
+    Step { step_size: usize, gamma: f32 },
     /// Linear warmup over `warmup_steps`, then cosine decay to 0 at the last step.
-    Cosine {
-        warmup_steps: usize,
-    },
+    Cosine { warmup_steps: usize },
 }
-
 
 impl Schedule {
     /// Learning rate at 0-based `step` of `total` steps (`steps_per_epoch` per epoch).

@@ -113,7 +113,13 @@ fn layer_norm(c: &mut GradCtx) -> Out {
     let lead: Vec<i64> = (0..axis).collect();
     let (xhat, istd) = normalize(c, &x, &norm_axes, eps);
     let mut out = vec![None; c.node.input.len()];
-    let sum_lead = |c: &mut GradCtx, v: &str| if lead.is_empty() { v.to_string() } else { c.reduce_sum(v, &lead, false) };
+    let sum_lead = |c: &mut GradCtx, v: &str| {
+        if lead.is_empty() {
+            v.to_string()
+        } else {
+            c.reduce_sum(v, &lead, false)
+        }
+    };
     let mut dx_terms = Vec::new();
     if let Some(dy) = c.dy(0) {
         if c.needs(1) {
@@ -145,7 +151,11 @@ fn layer_norm(c: &mut GradCtx) -> Out {
         let stat_grad = |c: &mut GradCtx, i: usize| {
             let g = c.dy(i)?;
             let y = c.y(i);
-            Some(if c.dtype(&y) != dt { c.op_a("Cast", &[&g], vec![attr_int("to", dt as i64)]) } else { g })
+            Some(if c.dtype(&y) != dt {
+                c.op_a("Cast", &[&g], vec![attr_int("to", dt as i64)])
+            } else {
+                g
+            })
         };
         let k = group_size(c, &x, axis);
         if let Some(dm) = stat_grad(c, 1) {
@@ -175,7 +185,11 @@ fn layer_norm(c: &mut GradCtx) -> Out {
 /// K, the number of elements of x normalized together (dims `axis..`), as a scalar of
 /// x's type.
 fn group_size(c: &mut GradCtx, x: &str, axis: i64) -> String {
-    if let Some(k) = c.shape(x).and_then(|s| s[axis as usize..].iter().try_fold(1i64, |a, d| d.map(|d| a * d))) {
+    if let Some(k) = c.shape(x).and_then(|s| {
+        s[axis as usize..]
+            .iter()
+            .try_fold(1i64, |a, d| d.map(|d| a * d))
+    }) {
         return c.scalar(x, k as f64);
     }
     let sx = c.op("Shape", &[x]);
