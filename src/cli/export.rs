@@ -59,6 +59,17 @@ pub fn run(a: Args) -> Result<()> {
         },
     };
     let run = load_run(&a.run)?;
+    // A regression run (MSE) has no class probabilities: no temperature, no `probs`.
+    let (calibrate, outputs) = if run.recipe.loss == crate::train::loss::LossKind::Mse {
+        if a.calibrate == "temperature" || outputs.contains(&OutputKind::Probs) {
+            eprintln!(
+                "regression run (MSE): exporting its outputs as they are, without temperature or probabilities"
+            );
+        }
+        (false, vec![OutputKind::Logits])
+    } else {
+        (calibrate, outputs)
+    };
     let (g, logits) = match mc {
         Some(k) => crate::export::mc_graph(&run, k)?,
         None => inference_graph(&run)?,
