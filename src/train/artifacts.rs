@@ -64,6 +64,66 @@ pub struct ValStep {
 
 use crate::regularizers::inverse_rate::LOG_LAMBDA;
 
+/// The optimizer update of one parameter `p` (initial value `t`, gradient `grad`): its
+/// slots become inputs (zeros initially), and `p_new` and the slots' `*_new` values become
+/// outputs and state entries. Shared by the training and validation steps.
+#[allow(clippy::too_many_arguments)]
+fn add_update(
+    b: &mut Builder,
+    opt: &crate::train::optim::OptimizerConfig,
+    p: &str,
+    grad: &str,
+    t: &TensorProto,
+    lr: &str,
+    step: &str,
+    outputs: &mut Vec<crate::proto::ValueInfoProto>,
+    state: &mut Vec<StateEntry>,
+) {
+    let dims: Vec<Dim> = t.dims.iter().map(|&d| Dim::Fixed(d)).collect();
+    let slots = opt.slots(p);
+    let p_out = b.fresh_exact(&format!("{p}_new"));
+    let slot_outs: Vec<String> = slots
+        .iter()
+        .map(|s| b.fresh_exact(&format!("{s}_new")))
+        .collect();
+    for s in &slots {
+        b.patch
+            .add_inputs
+            .push(value_info(s, DataType::Float as i32, &dims));
+    }
+    opt.update(
+        b,
+        p,
+        grad,
+        t.dims.len(),
+        lr,
+        step,
+        &slots,
+        &p_out,
+        &slot_outs,
+    );
+    outputs.push(value_info(&p_out, DataType::Float as i32, &dims));
+    state.push(StateEntry {
+        name: p.to_string(),
+        output: p_out,
+        kind: StateKind::Param,
+        dims: t.dims.clone(),
+        init: t.clone(),
+    });
+    for (s, so) in slots.iter().zip(slot_outs) {
+        outputs.push(value_info(&so, DataType::Float as i32, &dims));
+        let zeros =
+            crate::proto::tensor::<f32>(s, &t.dims, &vec![0.0; crate::proto::numel(t) as usize]);
+        state.push(StateEntry {
+            name: s.clone(),
+            output: so,
+            kind: StateKind::Slot,
+            dims: t.dims.clone(),
+            init: zeros,
+        });
+    }
+}
+
 /// Differentiate the validation loss for the regularization parameters `reg` only, make
 /// the weights `theta` plain inputs, and add an Adam update of `reg`: the common tail of
 /// every validation step. Returns the graph's state entries.
@@ -92,39 +152,17 @@ fn finish_val(mut e: Graph, reg: &[String], theta: &[String]) -> Result<(Graph, 
     let mut outputs = vec![value_info(VAL_LOSS, DataType::Float as i32, &[])];
     let mut state = vec![];
     for ((p, gname), t) in reg.iter().zip(&grads).zip(&reg_t) {
-        let slots = opt.slots(p);
-        let p_out = b.fresh_exact(&format!("{p}_new"));
-        let slot_outs: Vec<String> = slots
-            .iter()
-            .map(|s| b.fresh_exact(&format!("{s}_new")))
-            .collect();
-        for s in &slots {
-            b.patch
-                .add_inputs
-                .push(value_info(s, DataType::Float as i32, &[]));
-        }
-        opt.update(
-            &mut b, p, gname, 0, VAL_LR, VAL_STEP, &slots, &p_out, &slot_outs,
+        add_update(
+            &mut b,
+            &opt,
+            p,
+            gname,
+            t,
+            VAL_LR,
+            VAL_STEP,
+            &mut outputs,
+            &mut state,
         );
-        outputs.push(value_info(&p_out, DataType::Float as i32, &[]));
-        state.push(StateEntry {
-            name: p.clone(),
-            output: p_out,
-            kind: StateKind::Param,
-            dims: vec![],
-            init: t.clone(),
-        });
-        for (s, so) in slots.iter().zip(slot_outs) {
-            outputs.push(value_info(&so, DataType::Float as i32, &[]));
-            let init = crate::proto::tensor::<f32>(s, &[], &[0.0]);
-            state.push(StateEntry {
-                name: s.clone(),
-                output: so,
-                kind: StateKind::Slot,
-                dims: vec![],
-                init,
-            });
-        }
     }
     e.apply(b.finish())?;
     e.outputs = outputs;
@@ -507,52 +545,7 @@ pub fn build(model: &ModelProto, recipe: &Recipe) -> Result<Artifacts> {
                 crate::proto::dtype_name(t.data_type())
             )));
         }
-        let dims: Vec<Dim> = t.dims.iter().map(|&d| Dim::Fixed(d)).collect();
-        let slots = opt.slots(p);
-        let p_out = b.fresh_exact(&format!("{p}_new"));
-        let slot_outs: Vec<String> = slots
-            .iter()
-            .map(|s| b.fresh_exact(&format!("{s}_new")))
-            .collect();
-        for s in &slots {
-            b.patch
-                .add_inputs
-                .push(value_info(s, DataType::Float as i32, &dims));
-        }
-        opt.update(
-            &mut b,
-            p,
-            gname,
-            t.dims.len(),
-            LR,
-            STEP,
-            &slots,
-            &p_out,
-            &slot_outs,
-        );
-        outputs.push(value_info(&p_out, DataType::Float as i32, &dims));
-        state.push(StateEntry {
-            name: p.clone(),
-            output: p_out,
-            kind: StateKind::Param,
-            dims: t.dims.clone(),
-            init: t.clone(),
-        });
-        for (s, so) in slots.iter().zip(slot_outs) {
-            outputs.push(value_info(&so, DataType::Float as i32, &dims));
-            let zeros = crate::proto::tensor::<f32>(
-                s,
-                &t.dims,
-                &vec![0.0; crate::proto::numel(t) as usize],
-            );
-            state.push(StateEntry {
-                name: s.clone(),
-                output: so,
-                kind: StateKind::Slot,
-                dims: t.dims.clone(),
-                init: zeros,
-            });
-        }
+        add_update(&mut b, opt, p, gname, t, LR, STEP, &mut outputs, &mut state);
     }
     for ((bn, out), t) in buffers.iter().zip(&btensors) {
         let o = b.fresh_exact(&format!("{bn}_new"));
