@@ -3,7 +3,13 @@
 //! - dX = ConvTranspose(dY, W, strides s, pads p, dilations d, group g,
 //!   output_padding = H − ((Ho−1)·s − p_begin − p_end + d·(k−1) + 1)); when H is not
 //!   known statically, output_padding = s−1 and the result is sliced to Shape(X).
-//! - dW with one Conv for any group count: X is regrouped to [C/g, g·N, H..] (batch C/g,
+//! - dW, ungrouped, with static per-sample sizes and columns of at most
+//!   [`IM2COL_MAX`] elements per sample: im2col by hand. X goes to [N, S.., C], is padded,
+//!   and the strided Slices for the K kernel offsets are stacked to cols [K, N·So, C];
+//!   dW = dY[M, N·So] · cols (a batched MatMul, [K, M, C]), transposed to [M, C, k..].
+//!   ONNX Runtime's Conv with dY as the kernel (below) is 2–3× slower for small feature
+//!   maps (tools/bench/README.md).
+//! - dW otherwise, with one Conv for any group count: X is regrouped to [C/g, g·N, H..] (batch C/g,
 //!   channels g·N) and dY to [M, N, Ho..] used as the kernel; a Conv with strides d,
 //!   dilations s, pads p and group g gives [C/g, M, k'..] ⊇ dWᵀ, sliced to k and
 //!   transposed. For g = 1 this is the usual Conv(Xᵀ, dYᵀ).
@@ -137,7 +143,84 @@ fn conv(c: &mut GradCtx) -> Out {
     Ok(out)
 }
 
+/// Largest im2col matrix per sample (elements) for which dW is a MatMul.
+pub const IM2COL_MAX: i64 = 1 << 18;
+
+/// dW by im2col when the Conv is ungrouped and the per-sample sizes are static and small
+/// enough; None otherwise.
+fn weight_grad_im2col(c: &mut GradCtx, dy: &str, x: &str, geo: &Geo) -> Option<String> {
+    if geo.g != 1 {
+        return None;
+    }
+    let nd = geo.nd;
+    let xs = c.shape(x)?;
+    let ys = c.shape(&c.y(0))?;
+    let ch = xs.get(1).copied()??;
+    let so: Vec<i64> = (0..nd)
+        .map(|i| ys.get(2 + i).copied().flatten())
+        .collect::<Option<_>>()?;
+    let kk: i64 = geo.k.iter().product();
+    if ch * kk * so.iter().product::<i64>() > IM2COL_MAX {
+        return None;
+    }
+    let nd = nd as i64;
+    // X [N, C, S..] → [N, S.., C], zero-padded on the spatial axes.
+    let perm: Vec<i64> = std::iter::once(0).chain(2..2 + nd).chain([1]).collect();
+    let xn = c.transpose(x, &perm);
+    let xp = if geo.p.iter().any(|&p| p != 0) {
+        let mut pads = vec![0i64; 2 * (nd as usize + 2)];
+        for i in 0..geo.nd {
+            pads[1 + i] = geo.p[i];
+            pads[nd as usize + 2 + 1 + i] = geo.p[geo.nd + i];
+        }
+        let pv = c.ints(&pads);
+        c.op("Pad", &[&xn, &pv])
+    } else {
+        xn
+    };
+    // One strided slice per kernel offset, in row-major order of the kernel's axes.
+    let axes = c.ints(&(1..1 + nd).collect::<Vec<_>>());
+    let steps = c.ints(&geo.s);
+    let mut cols = Vec::with_capacity(kk as usize);
+    for flat in 0..kk {
+        let mut rem = flat;
+        let mut off = vec![0i64; geo.nd];
+        for i in (0..geo.nd).rev() {
+            off[i] = rem % geo.k[i];
+            rem /= geo.k[i];
+        }
+        let st: Vec<i64> = (0..geo.nd).map(|i| off[i] * geo.d[i]).collect();
+        let en: Vec<i64> = (0..geo.nd)
+            .map(|i| st[i] + (so[i] - 1) * geo.s[i] + 1)
+            .collect();
+        let (sv, ev) = (c.ints(&st), c.ints(&en));
+        cols.push(c.op("Slice", &[&xp, &sv, &ev, &axes, &steps]));
+    }
+    // Stacked on the outer axis (whole-block copies): [K·N, So.., C] → [K, N·So, C].
+    let cat = if cols.len() == 1 {
+        cols.pop()?
+    } else {
+        let refs: Vec<&str> = cols.iter().map(String::as_str).collect();
+        c.op_a("Concat", &refs, vec![attr_int("axis", 0)])
+    };
+    let s3 = c.ints(&[kk, -1, ch]);
+    let cols = c.op("Reshape", &[&cat, &s3]);
+    // dY [N, M, So..] → [M, N·So]
+    let perm: Vec<i64> = [1, 0].into_iter().chain(2..2 + nd).collect();
+    let dyt = c.transpose(dy, &perm);
+    let df = c.op_a("Flatten", &[&dyt], vec![attr_int("axis", 1)]);
+    // [M, N·So] · [K, N·So, C] → [K, M, C] → [M, C, K] → [M, C, k..]
+    let mm = c.op("MatMul", &[&df, &cols]);
+    let mt = c.transpose(&mm, &[1, 2, 0]);
+    let s4: Vec<i64> = [0, 0].into_iter().chain(geo.k.iter().copied()).collect();
+    let s4 = c.ints(&s4);
+    Some(c.op("Reshape", &[&mt, &s4]))
+}
+
 fn weight_grad(c: &mut GradCtx, dy: &str, x: &str, geo: &Geo) -> Result<String> {
+    if let Some(dw) = weight_grad_im2col(c, dy, x, geo) {
+        return Ok(dw);
+    }
     let nd = geo.nd as i64;
     let g = geo.g;
     // X [N, C, S..] → [N, g, C/g, S..] → [C/g, g, N, S..] → [C/g, g·N, S..]
