@@ -1,7 +1,8 @@
 //! BatchNormalization (training mode with batch statistics, and inference mode with the
 //! running statistics) and LayerNormalization.
 //! With x̂ = (x − μ)·σ⁻¹ over the normalized axes and γ the scale:
-//! dβ = Σ dY, dγ = Σ dY·x̂, dX = γ·σ⁻¹·(dY − mean(dY) − x̂·mean(dY·x̂)) (batch statistics);
+//! dβ = Σ dY, dγ = Σ dY·x̂, dX = γ·σ⁻¹·(dY − mean(dY) − x̂·mean(dY·x̂)) (batch statistics,
+//! computed as one per-channel affine combination of dY and x − μ);
 //! with fixed statistics (inference) dX = γ·σ⁻¹·dY. Statistics are recomputed from x in
 //! the backward graph; running-statistic outputs carry no gradient.
 
@@ -64,21 +65,56 @@ fn batch_norm(c: &mut GradCtx) -> Out {
     let training = c.attr_i("training_mode", 0) != 0 || (c.opset < 14 && c.node.output.len() > 1);
     let axes: Vec<i64> = std::iter::once(0).chain(2..r as i64).collect();
     let g = channel_col(c, &gamma, r);
-    let (xhat, istd) = if training {
-        normalize(c, &x, &axes, eps)
-    } else {
-        let (mean, var) = (c.x(3), c.x(4));
-        let m = channel_col(c, &mean, r);
-        let v = channel_col(c, &var, r);
+    let mut out = vec![None; c.node.input.len()];
+    if training {
+        // With xc = x − μ, Sdy = Σ dY, Sdx = Σ dY·xc per channel (n elements each):
+        // dβ = Sdy, dγ = σ⁻¹·Sdx, and dX = a·dY + b·xc + k with the per-channel
+        // a = γ·σ⁻¹, b = −a·σ⁻²·Sdx/n, k = −a·Sdy/n: ten passes over the feature map.
+        let mu = mean_keep(c, &x, &axes);
+        let xc = c.op("Sub", &[&x, &mu]);
+        let sq = c.op("Mul", &[&xc, &xc]);
+        let var = mean_keep(c, &sq, &axes);
         let e = c.scalar(&x, eps);
-        let ve = c.op("Add", &[&v, &e]);
+        let ve = c.op("Add", &[&var, &e]);
         let sd = c.op("Sqrt", &[&ve]);
         let istd = c.op("Reciprocal", &[&sd]);
-        let xc = c.op("Sub", &[&x, &m]);
-        (c.op("Mul", &[&xc, &istd]), istd)
-    };
-    let mut out = vec![None; c.node.input.len()];
+        let sdy = c.reduce_sum(&dy, &axes, true);
+        let p = c.op("Mul", &[&dy, &xc]);
+        let sdx = c.reduce_sum(&p, &axes, true);
+        if c.needs(1) {
+            let dg = c.op("Mul", &[&sdx, &istd]);
+            out[1] = Some(c.reshape_like(&dg, &gamma));
+        }
+        if c.needs(2) {
+            out[2] = Some(c.reshape_like(&sdy, &c.x(2)));
+        }
+        if c.needs(0) {
+            let n = channel_count(c, &x, &axes);
+            let a = c.op("Mul", &[&g, &istd]);
+            let an = c.op("Div", &[&a, &n]);
+            let i2 = c.op("Mul", &[&istd, &istd]);
+            let t = c.op("Mul", &[&an, &i2]);
+            let t = c.op("Mul", &[&t, &sdx]);
+            let b = c.op("Neg", &[&t]);
+            let k = c.op("Mul", &[&an, &sdy]);
+            let k = c.op("Neg", &[&k]);
+            let ady = c.op("Mul", &[&dy, &a]);
+            let bxc = c.op("Mul", &[&xc, &b]);
+            out[0] = Some(c.op("Sum", &[&ady, &bxc, &k]));
+        }
+        return Ok(out);
+    }
+    // Inference mode: fixed statistics.
+    let (mean, var) = (c.x(3), c.x(4));
+    let m = channel_col(c, &mean, r);
+    let v = channel_col(c, &var, r);
+    let e = c.scalar(&x, eps);
+    let ve = c.op("Add", &[&v, &e]);
+    let sd = c.op("Sqrt", &[&ve]);
+    let istd = c.op("Reciprocal", &[&sd]);
     if c.needs(1) {
+        let xc = c.op("Sub", &[&x, &m]);
+        let xhat = c.op("Mul", &[&xc, &istd]);
         let p = c.op("Mul", &[&dy, &xhat]);
         out[1] = Some(c.reduce_sum(&p, &axes, false));
     }
@@ -87,20 +123,29 @@ fn batch_norm(c: &mut GradCtx) -> Out {
     }
     if c.needs(0) {
         let gi = c.op("Mul", &[&g, &istd]);
-        let dx = if training {
-            let mdy = mean_keep(c, &dy, &axes);
-            let p = c.op("Mul", &[&dy, &xhat]);
-            let mp = mean_keep(c, &p, &axes);
-            let t = c.op("Mul", &[&xhat, &mp]);
-            let d1 = c.op("Sub", &[&dy, &mdy]);
-            let d2 = c.op("Sub", &[&d1, &t]);
-            c.op("Mul", &[&gi, &d2])
-        } else {
-            c.op("Mul", &[&dy, &gi])
-        };
-        out[0] = Some(dx);
+        out[0] = Some(c.op("Mul", &[&dy, &gi]));
     }
     Ok(out)
+}
+
+/// The number of elements of x over `axes` (one channel of a batch), as a scalar of x's
+/// type.
+fn channel_count(c: &mut GradCtx, x: &str, axes: &[i64]) -> String {
+    if let Some(n) = c.shape(x).and_then(|s| {
+        axes.iter().try_fold(1i64, |a, &i| {
+            s.get(i as usize).copied().flatten().map(|d| a * d)
+        })
+    }) {
+        return c.scalar(x, n as f64);
+    }
+    // Size(x) / Shape(x)[1]
+    let size = c.op("Size", &[x]);
+    let sx = c.op("Shape", &[x]);
+    let one = c.ints(&[1]);
+    let ch = c.op_a("Gather", &[&sx, &one], vec![attr_int("axis", 0)]);
+    let n = c.op("Div", &[&size, &ch]);
+    let dt = c.dtype(x);
+    c.op_a("Cast", &[&n], vec![attr_int("to", dt as i64)])
 }
 
 fn layer_norm(c: &mut GradCtx) -> Out {
