@@ -5,7 +5,8 @@
 //! - SGD (PyTorch semantics): g ← g + wd·p (or decoupled: p ← p·(1 − lr·wd));
 //!   buf ← μ·buf + g; d = g + μ·buf (Nesterov) or buf; p ← p − lr·d.
 //! - AdamW: m ← β₁m + (1−β₁)g; v ← β₂v + (1−β₂)g²; p ← p·(1 − lr·wd) −
-//!   lr·(m/(1−β₁ᵗ)) / (√(v/(1−β₂ᵗ)) + ε).
+//!   lr·(m/(1−β₁ᵗ)) / (√(v/(1−β₂ᵗ)) + ε), with the bias corrections folded into the
+//!   scalars lr_t = lr·√(1−β₂ᵗ)/(1−β₁ᵗ) and ε_t = ε·√(1−β₂ᵗ) (13 passes per parameter).
 //! - Optional global gradient-norm clipping: every g is scaled by
 //!   min(1, max_norm / (‖g‖₂ + 1e-6)) before the update.
 //! - The learning rate and the 1-based step t are scalar inputs, so schedules live on
@@ -174,18 +175,21 @@ impl OptimizerConfig {
                 let v1 = b.op("Mul", &[&slots[1], &b2]);
                 let v2 = b.op("Mul", &[&gg, &c2]);
                 b.node_to("Add", &[&v1, &v2], &[&slot_outs[1]], vec![]);
-                // Bias corrections from the step t.
+                // Bias corrections from the step t, folded into two scalars:
+                // lr·m̂/(√v̂ + ε) = lr_t·m/(√v + ε_t), lr_t = lr·√bc₂/bc₁, ε_t = ε·√bc₂.
                 let p1 = b.op("Pow", &[&b1, step]);
                 let bc1 = b.op("Sub", &[&one, &p1]);
                 let p2 = b.op("Pow", &[&b2, step]);
                 let bc2 = b.op("Sub", &[&one, &p2]);
-                let mh = b.op("Div", &[&slot_outs[0], &bc1]);
-                let vh = b.op("Div", &[&slot_outs[1], &bc2]);
-                let sv = b.op("Sqrt", &[&vh]);
+                let sb2 = b.op("Sqrt", &[&bc2]);
+                let r = b.op("Div", &[&sb2, &bc1]);
+                let lr_t = b.op("Mul", &[lr, &r]);
                 let e = b.scalar_of(1, self.eps as f64);
-                let den = b.op("Add", &[&sv, &e]);
-                let upd = b.op("Div", &[&mh, &den]);
-                let lu = b.op("Mul", &[&upd, lr]);
+                let eps_t = b.op("Mul", &[&e, &sb2]);
+                let sv = b.op("Sqrt", &[&slot_outs[1]]);
+                let den = b.op("Add", &[&sv, &eps_t]);
+                let upd = b.op("Div", &[&slot_outs[0], &den]);
+                let lu = b.op("Mul", &[&upd, &lr_t]);
                 let p_dec = if wd != 0.0 {
                     let w = b.scalar_of(1, wd as f64);
                     let lw = b.op("Mul", &[lr, &w]);
