@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 use super::{Graph, NameAuthority};
 use crate::error::Result;
 use crate::proto::{
-    AttributeProto, DataType, Element, NodeProto, TensorProto, ValueInfoProto, make_node, tensor,
+    make_node, tensor, AttributeProto, DataType, Element, NodeProto, TensorProto, ValueInfoProto,
 };
 
 /// A set of changes applied to a graph in one step by [`Graph::apply`].
@@ -33,6 +33,7 @@ pub struct Builder<'a> {
     pub prefix: String,
     pub patch: Patch,
     consts: HashMap<(i32, Vec<i64>, Vec<u8>), String>,
+    shared: HashMap<(String, Vec<String>), String>,
 }
 
 impl<'a> Builder<'a> {
@@ -45,6 +46,7 @@ impl<'a> Builder<'a> {
                 ..Default::default()
             },
             consts: HashMap::new(),
+            shared: HashMap::new(),
         }
     }
 
@@ -93,6 +95,22 @@ impl<'a> Builder<'a> {
     /// Add a single-output node without attributes.
     pub fn op(&mut self, op: &str, inputs: &[&str]) -> String {
         self.op_a(op, inputs, vec![])
+    }
+
+    /// Like [`op`](Self::op), but a node with the same op and inputs made before by this
+    /// method is reused (e.g. the optimizer's per-step scalars, computed once for all
+    /// parameters).
+    pub fn op_shared(&mut self, op: &str, inputs: &[&str]) -> String {
+        let key = (
+            op.to_string(),
+            inputs.iter().map(|s| s.to_string()).collect(),
+        );
+        if let Some(v) = self.shared.get(&key) {
+            return v.clone();
+        }
+        let v = self.op(op, inputs);
+        self.shared.insert(key, v.clone());
+        v
     }
 
     /// Add a single-output node with attributes.

@@ -10,7 +10,7 @@
 //! - Optional global gradient-norm clipping: every g is scaled by
 //!   min(1, max_norm / (‖g‖₂ + 1e-6)) before the update.
 //! - The learning rate and the 1-based step t are scalar inputs, so schedules live on
-//!   the host.
+//!   the host; the scalars derived from them are computed once for all parameters.
 
 use serde::{Deserialize, Serialize};
 
@@ -135,8 +135,8 @@ impl OptimizerConfig {
                 if wd != 0.0 {
                     let w = b.scalar_of(1, wd as f64);
                     if self.decoupled {
-                        let lw = b.op("Mul", &[lr, &w]);
-                        let f = b.op("Sub", &[&one, &lw]);
+                        let lw = b.op_shared("Mul", &[lr, &w]);
+                        let f = b.op_shared("Sub", &[&one, &lw]);
                         p_cur = b.op("Mul", &[p, &f]);
                     } else {
                         let t = b.op("Mul", &[p, &w]);
@@ -177,23 +177,23 @@ impl OptimizerConfig {
                 b.node_to("Add", &[&v1, &v2], &[&slot_outs[1]], vec![]);
                 // Bias corrections from the step t, folded into two scalars:
                 // lr·m̂/(√v̂ + ε) = lr_t·m/(√v + ε_t), lr_t = lr·√bc₂/bc₁, ε_t = ε·√bc₂.
-                let p1 = b.op("Pow", &[&b1, step]);
-                let bc1 = b.op("Sub", &[&one, &p1]);
-                let p2 = b.op("Pow", &[&b2, step]);
-                let bc2 = b.op("Sub", &[&one, &p2]);
-                let sb2 = b.op("Sqrt", &[&bc2]);
-                let r = b.op("Div", &[&sb2, &bc1]);
-                let lr_t = b.op("Mul", &[lr, &r]);
+                let p1 = b.op_shared("Pow", &[&b1, step]);
+                let bc1 = b.op_shared("Sub", &[&one, &p1]);
+                let p2 = b.op_shared("Pow", &[&b2, step]);
+                let bc2 = b.op_shared("Sub", &[&one, &p2]);
+                let sb2 = b.op_shared("Sqrt", &[&bc2]);
+                let r = b.op_shared("Div", &[&sb2, &bc1]);
+                let lr_t = b.op_shared("Mul", &[lr, &r]);
                 let e = b.scalar_of(1, self.eps as f64);
-                let eps_t = b.op("Mul", &[&e, &sb2]);
+                let eps_t = b.op_shared("Mul", &[&e, &sb2]);
                 let sv = b.op("Sqrt", &[&slot_outs[1]]);
                 let den = b.op("Add", &[&sv, &eps_t]);
                 let upd = b.op("Div", &[&slot_outs[0], &den]);
                 let lu = b.op("Mul", &[&upd, &lr_t]);
                 let p_dec = if wd != 0.0 {
                     let w = b.scalar_of(1, wd as f64);
-                    let lw = b.op("Mul", &[lr, &w]);
-                    let f = b.op("Sub", &[&one, &lw]);
+                    let lw = b.op_shared("Mul", &[lr, &w]);
+                    let f = b.op_shared("Sub", &[&one, &lw]);
                     b.op("Mul", &[p, &f])
                 } else {
                     p.to_string()
