@@ -357,3 +357,33 @@ fn nan_loss_after_resume_leaves_the_checkpoint_untouched() {
     let pos = finite_checkpoint(&ckpt).position.unwrap();
     assert_eq!(pos.epoch, 1);
 }
+
+#[test]
+fn validation_step_flags_without_a_regularizer_that_has_one_are_refused() {
+    let tmp = common::tempdir();
+    let run = tmp.path().join("run");
+    let train_data = digits("train");
+    for flags in [
+        &["--every", "3"][..],
+        &["--val-lr", "0.1"][..],
+        &["--val-batch", "4"][..],
+    ] {
+        let mut a = vec!["--data", train_data.as_str()];
+        a.extend(flags);
+        let out = train(&a, &run);
+        assert_refused(&out, &run, 1, &[flags[0], "regularizer"]);
+    }
+    // The inverse rate's validation step has no batch size of its own.
+    let out = train(
+        &[
+            "--data",
+            &train_data,
+            "--regularizer",
+            "inverse-rate",
+            "--val-batch",
+            "4",
+        ],
+        &run,
+    );
+    assert_refused(&out, &run, 1, &["--val-batch", "cross-noise"]);
+}

@@ -83,6 +83,10 @@ pub struct RecipeFlags {
     /// Cross-regularization: learning rate of the regularization parameters.
     #[arg(long)]
     pub val_lr: Option<f32>,
+    /// Cross-regularization: samples per validation step (default: cross-noise
+    /// ceil(batch/K), cross-norm the batch size).
+    #[arg(long)]
+    pub val_batch: Option<usize>,
     /// Cross-norm: glob of the weights to reparametrize.
     #[arg(long)]
     pub norm_layers: Option<String>,
@@ -197,6 +201,18 @@ impl RecipeFlags {
                 if self.n_train.is_some() {
                     ir.n_train = self.n_train;
                 }
+                if let Some(v) = self.every {
+                    ir.every = v;
+                }
+                if let Some(v) = self.val_lr {
+                    ir.val_lr = v;
+                }
+                if self.val_batch.is_some() {
+                    return Err(crate::Error::flag(
+                        "--val-batch",
+                        "needs --regularizer cross-noise or cross-norm (the inverse rate's validation step uses the training batch size)",
+                    ));
+                }
             }
             _ if ir_flags => {
                 return Err(crate::Error::flag(
@@ -220,6 +236,9 @@ impl RecipeFlags {
                 if let Some(v) = self.val_lr {
                     c.val_lr = v;
                 }
+                if self.val_batch.is_some() {
+                    c.val_batch = self.val_batch;
+                }
             }
             Regularizer::CrossNorm(c) => {
                 if self.norm_layers.is_some() {
@@ -230,6 +249,9 @@ impl RecipeFlags {
                 }
                 if let Some(v) = self.val_lr {
                     c.val_lr = v;
+                }
+                if self.val_batch.is_some() {
+                    c.val_batch = self.val_batch;
                 }
             }
             Regularizer::None => {}
@@ -242,6 +264,13 @@ impl RecipeFlags {
                 "need --regularizer cross-noise",
             ));
         }
+        let val_flags = self.every.is_some() || self.val_lr.is_some() || self.val_batch.is_some();
+        if val_flags && matches!(r.regularizer, Regularizer::None) {
+            return Err(crate::Error::flag(
+                "--every/--val-lr/--val-batch",
+                "need a regularizer with a validation step (cross-noise, cross-norm, or inverse-rate with --lambda-mode validated)",
+            ));
+        }
         if self.norm_layers.is_some() && !matches!(r.regularizer, Regularizer::CrossNorm(_)) {
             return Err(crate::Error::flag(
                 "--norm-layers",
@@ -250,5 +279,48 @@ impl RecipeFlags {
         }
         r.validate()?;
         Ok(r)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RecipeFlags;
+    use crate::regularizers::{LambdaMode, Regularizer};
+
+    #[test]
+    fn validation_step_flags_reach_the_recipe() {
+        let f = RecipeFlags {
+            regularizer: Some("cross-noise".into()),
+            every: Some(3),
+            val_lr: Some(0.2),
+            val_batch: Some(5),
+            ..Default::default()
+        };
+        let Regularizer::CrossNoise(c) = f.resolve(None).unwrap().regularizer else {
+            panic!("cross-noise expected")
+        };
+        assert_eq!((c.every, c.val_lr, c.val_batch), (3, 0.2, Some(5)));
+
+        let f = RecipeFlags {
+            regularizer: Some("cross-norm".into()),
+            val_batch: Some(7),
+            ..Default::default()
+        };
+        let Regularizer::CrossNorm(c) = f.resolve(None).unwrap().regularizer else {
+            panic!("cross-norm expected")
+        };
+        assert_eq!(c.val_batch, Some(7));
+
+        let f = RecipeFlags {
+            regularizer: Some("inverse-rate".into()),
+            lambda_mode: Some(LambdaMode::Validated),
+            every: Some(4),
+            val_lr: Some(0.3),
+            ..Default::default()
+        };
+        let Regularizer::InverseRate(ir) = f.resolve(None).unwrap().regularizer else {
+            panic!("inverse-rate expected")
+        };
+        assert_eq!((ir.every, ir.val_lr), (4, 0.3));
     }
 }
