@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 use super::{Graph, NameAuthority};
 use crate::error::Result;
 use crate::proto::{
-    make_node, tensor, AttributeProto, DataType, Element, NodeProto, TensorProto, ValueInfoProto,
+    AttributeProto, DataType, Element, NodeProto, TensorProto, ValueInfoProto, make_node, tensor,
 };
 
 /// A set of changes applied to a graph in one step by [`Graph::apply`].
