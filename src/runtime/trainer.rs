@@ -54,11 +54,27 @@ pub struct ValSpec {
 /// every run, keyed by (seed, graph, step, site) so that draws never depend on anything
 /// else (in particular, the training step's draws not on the validation step) and a
 /// resumed run draws exactly what an uninterrupted one would.
+///
+/// Two host buffer sets are used alternately: while ONNX Runtime runs on one, a worker
+/// thread draws the next run's noise into the other ([`NoiseFeed::prefetch_during`]), so
+/// with a spare core the draws cost no wall time. Keys make this invisible in the values:
+/// a run whose draws were not prefetched (the first, a partial batch) draws them itself.
 struct NoiseFeed {
     /// Name and dims of each input; the one dynamic dimension (-1) is the batch.
     inputs: Vec<(String, Vec<i64>)>,
-    /// A host buffer per input, reused while the batch size stays the same.
-    bufs: Vec<Option<(usize, DynTensor)>>,
+    /// Two sets of one host buffer per input, reused while the batch size stays the same.
+    bufs: [Vec<Option<(usize, DynTensor)>>; 2],
+    /// The set the next run uses ...
+    next: usize,
+    /// ... and the batch size and key its draws were made for, if they were prefetched.
+    ready: Option<(usize, [u64; 3])>,
+}
+
+/// Fill each input's buffer with the draws of `key` (site i gets key + [i]).
+fn draw_noise(bufs: Vec<&mut [f32]>, key: [u64; 3]) {
+    for (i, data) in bufs.into_iter().enumerate() {
+        crate::regularizers::noise::fill_normal(data, &[key[0], key[1], key[2], i as u64]);
+    }
 }
 
 impl NoiseFeed {
@@ -74,13 +90,22 @@ impl NoiseFeed {
                 _ => None,
             })
             .collect();
-        let bufs = inputs.iter().map(|_| None).collect();
-        NoiseFeed { inputs, bufs }
+        let bufs = [
+            inputs.iter().map(|_| None).collect(),
+            inputs.iter().map(|_| None).collect(),
+        ];
+        NoiseFeed {
+            inputs,
+            bufs,
+            next: 0,
+            ready: None,
+        }
     }
 
-    /// Draw this run's noise for a batch of `n` samples and bind it.
-    fn bind(&mut self, b: &mut IoBinding, n: usize, key: [u64; 3]) -> Result<()> {
-        for (i, ((name, dims), buf)) in self.inputs.iter().zip(self.bufs.iter_mut()).enumerate() {
+    /// The buffers of `set` for a batch of `n` samples, (re)allocated if needed.
+    fn buffers(&mut self, set: usize, n: usize) -> Result<Vec<&mut [f32]>> {
+        let mut out = Vec::with_capacity(self.inputs.len());
+        for ((_, dims), buf) in self.inputs.iter().zip(self.bufs[set].iter_mut()) {
             if buf.as_ref().is_none_or(|(m, _)| *m != n) {
                 let shape: Vec<usize> = dims
                     .iter()
@@ -90,11 +115,49 @@ impl NoiseFeed {
                 *buf = Some((n, host_tensor(&shape, vec![0.0; numel])?));
             }
             let (_, t) = buf.as_mut().expect("allocated");
-            let (_, data) = t.try_extract_tensor_mut::<f32>()?;
-            crate::regularizers::noise::fill_normal(data, &[key[0], key[1], key[2], i as u64]);
-            b.bind_input(name, t)?;
+            out.push(t.try_extract_tensor_mut::<f32>()?.1);
         }
+        Ok(out)
+    }
+
+    /// Bind this run's noise for a batch of `n` samples, drawing it unless it was
+    /// prefetched for exactly this key and batch size.
+    fn bind(&mut self, b: &mut IoBinding, n: usize, key: [u64; 3]) -> Result<()> {
+        if self.inputs.is_empty() {
+            return Ok(());
+        }
+        let set = self.next;
+        let ready = self.ready.take() == Some((n, key));
+        let bufs = self.buffers(set, n)?;
+        if !ready {
+            draw_noise(bufs, key);
+        }
+        for ((name, _), buf) in self.inputs.iter().zip(&self.bufs[set]) {
+            b.bind_input(name, &buf.as_ref().expect("allocated").1)?;
+        }
+        self.next ^= 1;
         Ok(())
+    }
+
+    /// Run `run` while a worker thread draws the noise of the next run (batch `n`,
+    /// `key`) into the other buffer set.
+    fn prefetch_during<R>(
+        &mut self,
+        n: usize,
+        key: [u64; 3],
+        run: impl FnOnce() -> R,
+    ) -> Result<R> {
+        if self.inputs.is_empty() {
+            return Ok(run());
+        }
+        let bufs = self.buffers(self.next, n)?;
+        let (r, drawn) = std::thread::scope(|s| {
+            let worker = s.spawn(move || draw_noise(bufs, key));
+            let r = run();
+            (r, worker.join().is_ok())
+        });
+        self.ready = drawn.then_some((n, key));
+        Ok(r)
     }
 }
 
@@ -308,7 +371,12 @@ impl Trainer {
         b.bind_input(LABELS, &yt)?;
         b.bind_input(crate::train::artifacts::VAL_LR, &lrt)?;
         b.bind_input(crate::train::artifacts::VAL_STEP, &st)?;
-        let outs = v.sess.run_binding(b)?;
+        let sess = &mut v.sess;
+        let outs = v
+            .noise
+            .prefetch_during(n, [self.seed, 1, v.steps as u64 + 1], || {
+                sess.run_binding(b)
+            })??;
         let loss = outs[crate::train::artifacts::VAL_LOSS]
             .try_extract_tensor::<f32>()?
             .1[0];
@@ -434,7 +502,12 @@ impl Trainer {
         b.bind_input(LABELS, &yt)?;
         b.bind_input(LR, &lrt)?;
         b.bind_input(STEP, &st)?;
-        let outs = self.train.run_binding_with_options(b, &self.run_opts)?;
+        let (train, run_opts) = (&mut self.train, &self.run_opts);
+        let outs = self
+            .noise
+            .prefetch_during(n, [self.seed, 0, t as u64 + 1], || {
+                train.run_binding_with_options(b, run_opts)
+            })??;
         let loss = outs[LOSS].try_extract_tensor::<f32>()?.1[0];
         let correct = if self.spec.classification {
             outs[CORRECT].try_extract_tensor::<f32>()?.1[0]
