@@ -8,7 +8,7 @@
 //!   and the strided Slices for the K kernel offsets are stacked to cols [K, N·So, C];
 //!   dW = dY[M, N·So] · cols (a batched MatMul, [K, M, C]), transposed to [M, C, k..].
 //!   ONNX Runtime's Conv with dY as the kernel (below) is 2–3× slower for small feature
-//!   maps (tools/bench/README.md).
+//!   maps (tools/bench/conv_weight_grad.py).
 //! - dW otherwise, with one Conv for any group count: X is regrouped to [C/g, g·N, H..] (batch C/g,
 //!   channels g·N) and dY to [M, N, Ho..] used as the kernel; a Conv with strides d,
 //!   dilations s, pads p and group g gives [C/g, M, k'..] ⊇ dWᵀ, sliced to k and
