@@ -314,21 +314,27 @@ fn build_val(
         .push(value_info(LABELS, label_dt, &label_dims));
     let loss_v = match recipe.loss {
         LossKind::CrossEntropy => {
-            let p = b.op_a("Softmax", &[logits], vec![attr_int("axis", 1)]);
+            // −mean_n log((1/K)·Σ_k softmax(z_kn)_y), in log space: the target's log
+            // probability under each draw, then log-mean-exp over the draws, so a
+            // probability that underflows (large noise, confident logits) gives a large
+            // finite loss instead of log 0.
+            let lp = b.op_a("LogSoftmax", &[logits], vec![attr_int("axis", 1)]);
             let shape = b.op("Shape", &[logits]);
             let one = b.ints(&[1]);
             let c = b.op_a("Gather", &[&shape, &one], vec![attr_int("axis", 0)]);
             let head = b.ints(&[k as i64, -1]);
             let s3 = b.op_a("Concat", &[&head, &c], vec![attr_int("axis", 0)]);
-            let p3 = b.op("Reshape", &[&p, &s3]);
-            let pbar = crate::train::loss::reduce_mean(&mut b, opset, &p3, &[0]);
-            let lp = b.op("Log", &[&pbar]);
+            let lp3 = b.op("Reshape", &[&lp, &s3]);
             let vals = b.constant::<f32>(&[2], &[0.0, 1.0]);
             let oh = b.op_a("OneHot", &[LABELS, &c, &vals], vec![attr_int("axis", -1)]);
-            let pick = b.op("Mul", &[&lp, &oh]);
-            let s = b.op_a("ReduceSum", &[&pick, &one], vec![attr_int("keepdims", 0)]);
-            let m = crate::train::loss::reduce_mean(&mut b, opset, &s, &[0]);
-            b.op("Neg", &[&m])
+            let pick = b.op("Mul", &[&lp3, &oh]);
+            let two = b.ints(&[2]);
+            let ly = b.op_a("ReduceSum", &[&pick, &two], vec![attr_int("keepdims", 0)]);
+            let lse = crate::train::loss::reduce(&mut b, "ReduceLogSumExp", opset, &ly, &[0]);
+            let m = crate::train::loss::reduce_mean(&mut b, opset, &lse, &[0]);
+            let log_k = b.scalar_of(1, (k as f64).ln());
+            let lm = b.op("Sub", &[&m, &log_k]);
+            b.op("Neg", &[&lm])
         }
         LossKind::Mse => {
             let d = b.op("Sub", &[logits, LABELS]);

@@ -73,12 +73,18 @@ pub fn find_logits(g: &Graph, name: Option<&str>) -> Result<String> {
 
 /// Mean over `axes` (keepdims=0), in the form the opset wants.
 pub(crate) fn reduce_mean(b: &mut Builder, opset: i64, x: &str, axes: &[i64]) -> String {
+    reduce(b, "ReduceMean", opset, x, axes)
+}
+
+/// A reduction without keepdims over constant axes, in the opset's form (the axes of
+/// ReduceMean, ReduceLogSumExp, ... became an input in opset 18).
+pub(crate) fn reduce(b: &mut Builder, op: &str, opset: i64, x: &str, axes: &[i64]) -> String {
     if opset >= 18 {
         let a = b.ints(axes);
-        b.op_a("ReduceMean", &[x, &a], vec![attr_int("keepdims", 0)])
+        b.op_a(op, &[x, &a], vec![attr_int("keepdims", 0)])
     } else {
         b.op_a(
-            "ReduceMean",
+            op,
             &[x],
             vec![attr_ints("axes", axes), attr_int("keepdims", 0)],
         )
