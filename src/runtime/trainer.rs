@@ -4,8 +4,9 @@
 //! The state (parameters, optimizer slots, buffers) lives in two sets of device tensors.
 //! Two IoBindings are prepared once: one reads set A and writes the `*_new` outputs into
 //! set B, the other the reverse, and every step swaps them (ping-pong). Only the batch,
-//! the learning rate and the step number travel per step; no tensor is ever bound as
-//! both input and output. The state comes back to the host only for checkpoints.
+//! the learning rate and the step number travel per step (and with cross-noise the ε
+//! draws, made on a worker thread while the previous step runs); no tensor is ever bound
+//! as both input and output. The state comes back to the host only for checkpoints.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
