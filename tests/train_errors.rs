@@ -386,4 +386,17 @@ fn validation_step_flags_without_a_regularizer_that_has_one_are_refused() {
         &run,
     );
     assert_refused(&out, &run, 1, &["--val-batch", "cross-noise"]);
+    // ... and a validation step only in validated mode.
+    let out = train(
+        &[
+            "--data",
+            &train_data,
+            "--regularizer",
+            "inverse-rate",
+            "--every",
+            "5",
+        ],
+        &run,
+    );
+    assert_refused(&out, &run, 1, &["--every", "--lambda-mode validated"]);
 }

@@ -213,6 +213,14 @@ impl RecipeFlags {
                         "needs --regularizer cross-noise or cross-norm (the inverse rate's validation step uses the training batch size)",
                     ));
                 }
+                if (self.every.is_some() || self.val_lr.is_some())
+                    && ir.lambda_mode != LambdaMode::Validated
+                {
+                    return Err(crate::Error::flag(
+                        "--every/--val-lr",
+                        "the inverse rate has a validation step only with --lambda-mode validated",
+                    ));
+                }
             }
             _ if ir_flags => {
                 return Err(crate::Error::flag(
