@@ -162,13 +162,117 @@ impl NoiseFeed {
     }
 }
 
-/// The validation step's session, state sets and bindings.
+/// The state of a step graph in two sets of device tensors, and the two bindings that run
+/// the graph between them (ping-pong): binding k reads set k and writes the `*_new`
+/// outputs into set 1 − k, so no tensor is ever bound as both input and output.
+struct StateSets {
+    sets: [Vec<DynTensor>; 2],
+    bindings: [IoBinding; 2],
+    /// Which set holds the current state (and which binding runs next).
+    current: usize,
+}
+
+impl StateSets {
+    /// Allocate both sets for `state` and bind them; `host_outputs` are bound to the CPU.
+    fn new(
+        sess: &Session,
+        state: &[StateEntry],
+        alloc: &Allocator,
+        host_outputs: &[&str],
+    ) -> Result<StateSets> {
+        let mut sets: [Vec<DynTensor>; 2] = [vec![], vec![]];
+        for set in sets.iter_mut() {
+            for e in state {
+                set.push(Tensor::<f32>::new(alloc, dims(e))?.upcast());
+            }
+        }
+        let mut bindings = [sess.create_binding()?, sess.create_binding()?];
+        let cpu = cpu_mem()?;
+        for (k, b) in bindings.iter_mut().enumerate() {
+            for (i, e) in state.iter().enumerate() {
+                b.bind_input(&e.name, &sets[k][i])?;
+                b.bind_output(&e.output, &mut sets[1 - k][i])?;
+            }
+            for name in host_outputs {
+                b.bind_output_to_device(*name, &cpu)?;
+            }
+        }
+        Ok(StateSets {
+            sets,
+            bindings,
+            current: 0,
+        })
+    }
+
+    /// The tensors of the current state, in the order of the state entries.
+    fn current(&self) -> &[DynTensor] {
+        &self.sets[self.current]
+    }
+
+    /// The binding that runs the next step (reads the current set).
+    fn binding(&mut self) -> &mut IoBinding {
+        &mut self.bindings[self.current]
+    }
+
+    /// After a run: the set it wrote becomes the current one.
+    fn swap(&mut self) {
+        self.current ^= 1;
+    }
+
+    /// Copy host tensors (every entry of `state` must be there, with its shape) into the
+    /// current set.
+    fn upload(&mut self, state: &[StateEntry], tensors: &TensorMap, device: Device) -> Result<()> {
+        for (i, e) in state.iter().enumerate() {
+            let (shape, data) = tensors
+                .get(&e.name)
+                .ok_or_else(|| Error::msg(format!("the checkpoint has no tensor '{}'", e.name)))?;
+            let want = dims(e);
+            if *shape != want {
+                return Err(Error::msg(format!(
+                    "checkpoint tensor '{}' has shape {shape:?}, the model needs {want:?}",
+                    e.name
+                )));
+            }
+            let dst = &mut self.sets[self.current][i];
+            match device {
+                Device::Cpu => dst.try_extract_tensor_mut::<f32>()?.1.copy_from_slice(data),
+                Device::Cuda(_) => host_tensor(shape, data.clone())?.copy_into(dst)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Add the current state to `out`, on the host.
+    fn download(&self, state: &[StateEntry], device: Device, out: &mut TensorMap) -> Result<()> {
+        for (e, v) in state.iter().zip(self.current()) {
+            let host;
+            let v = match device {
+                Device::Cpu => v,
+                Device::Cuda(_) => {
+                    host = v.to(AllocationDevice::CPU, 0)?;
+                    &host
+                }
+            };
+            let (shape, data) = v.try_extract_tensor::<f32>()?;
+            out.insert(
+                e.name.clone(),
+                (shape.iter().map(|&d| d as usize).collect(), data.to_vec()),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// The dims of a state entry.
+fn dims(e: &StateEntry) -> Vec<usize> {
+    e.dims.iter().map(|&d| d as usize).collect()
+}
+
+/// The validation step's session, state and noise.
 struct ValRunner {
     spec: ValSpec,
     sess: Session,
-    sets: [Vec<DynTensor>; 2],
-    bindings: [IoBinding; 2],
-    current: usize,
+    state: StateSets,
     steps: usize,
     noise: NoiseFeed,
 }
@@ -220,10 +324,7 @@ pub struct Trainer {
     train: Session,
     eval: Session,
     device: Device,
-    sets: [Vec<DynTensor>; 2],
-    bindings: [IoBinding; 2],
-    /// Which set holds the current state.
-    current: usize,
+    state: StateSets,
     run_opts: RunOptions,
     val: Option<ValRunner>,
     noise: NoiseFeed,
@@ -247,29 +348,12 @@ impl Trainer {
                 )?,
             )?,
         };
-        let mut sets: [Vec<DynTensor>; 2] = [vec![], vec![]];
-        for set in sets.iter_mut() {
-            for e in &spec.state {
-                let shape: Vec<usize> = e.dims.iter().map(|&d| d as usize).collect();
-                set.push(Tensor::<f32>::new(&alloc, shape)?.upcast());
-            }
+        let mut host_outputs = vec![LOSS];
+        if spec.classification {
+            host_outputs.push(CORRECT);
         }
-        let mut bindings = [train.create_binding()?, train.create_binding()?];
-        for (k, b) in bindings.iter_mut().enumerate() {
-            let (src, dst) = if k == 0 { (0, 1) } else { (1, 0) };
-            for (i, e) in spec.state.iter().enumerate() {
-                b.bind_input(&e.name, &sets[src][i])?;
-                b.bind_output(&e.output, &mut sets[dst][i])?;
-            }
-            let cpu = cpu_mem()?;
-            b.bind_output_to_device(LOSS, &cpu)?;
-            if spec.classification {
-                b.bind_output_to_device(CORRECT, &cpu)?;
-            }
-            for x in &spec.extras {
-                b.bind_output_to_device(x, &cpu)?;
-            }
-        }
+        host_outputs.extend(spec.extras.iter().map(String::as_str));
+        let state = StateSets::new(&train, &spec.state, &alloc, &host_outputs)?;
         let val = match spec.val.take() {
             Some(vs) => Some(ValRunner::new(vs, opts, &alloc)?),
             None => None,
@@ -286,33 +370,23 @@ impl Trainer {
             train,
             eval,
             device: opts.device,
-            sets,
-            bindings,
-            current: 0,
+            state,
             run_opts,
             val,
         };
+        let val_state = t.val.as_ref().map_or(&[][..], |v| &v.spec.state[..]);
         let init: TensorMap = t
             .spec
             .state
             .iter()
+            .chain(val_state)
             .map(|e| {
-                let v = crate::proto::tensor_values::<f32>(&e.init)?;
                 Ok((
                     e.name.clone(),
-                    (e.dims.iter().map(|&d| d as usize).collect(), v),
+                    (dims(e), crate::proto::tensor_values::<f32>(&e.init)?),
                 ))
             })
             .collect::<Result<_>>()?;
-        let mut init = init;
-        if let Some(v) = t.val.as_ref() {
-            for e in &v.spec.state {
-                init.insert(
-                    e.name.clone(),
-                    (vec![], crate::proto::tensor_values::<f32>(&e.init)?),
-                );
-            }
-        }
         t.upload(&init)?;
         Ok(t)
     }
@@ -324,8 +398,8 @@ impl Trainer {
         };
         for (i, e) in v.spec.state.iter().enumerate() {
             if e.kind == crate::train::artifacts::StateKind::Param {
-                for b in self.bindings.iter_mut() {
-                    b.bind_input(&e.name, &v.sets[v.current][i])?;
+                for b in self.state.bindings.iter_mut() {
+                    b.bind_input(&e.name, &v.state.current()[i])?;
                 }
             }
         }
@@ -355,7 +429,7 @@ impl Trainer {
         let lrt: DynTensor = Tensor::from_array((Vec::<usize>::new(), vec![v.spec.lr]))?.upcast();
         let st: DynTensor =
             Tensor::from_array((Vec::<usize>::new(), vec![v.steps as f32]))?.upcast();
-        let b = &mut v.bindings[v.current];
+        let b = v.state.binding();
         v.noise.bind(b, n, [self.seed, 1, v.steps as u64])?;
         let inputs: Vec<String> = v
             .sess
@@ -365,7 +439,7 @@ impl Trainer {
             .collect();
         for (i, e) in self.spec.state.iter().enumerate() {
             if inputs.contains(&e.name) {
-                b.bind_input(&e.name, &self.sets[self.current][i])?;
+                b.bind_input(&e.name, &self.state.current()[i])?;
             }
         }
         b.bind_input(&self.spec.input, &xt)?;
@@ -382,7 +456,7 @@ impl Trainer {
             .try_extract_tensor::<f32>()?
             .1[0];
         drop(outs);
-        v.current ^= 1;
+        v.state.swap();
         self.bind_reg()?;
         Ok(loss)
     }
@@ -390,58 +464,19 @@ impl Trainer {
     /// Copy host tensors into the current state set (and the regularization state).
     pub fn upload(&mut self, tensors: &TensorMap) -> Result<()> {
         if let Some(v) = self.val.as_mut() {
-            v.upload(tensors, self.device)?;
+            v.state.upload(&v.spec.state, tensors, self.device)?;
         }
         self.bind_reg()?;
-        for (i, e) in self.spec.state.iter().enumerate() {
-            let (shape, data) = tensors
-                .get(&e.name)
-                .ok_or_else(|| Error::msg(format!("the checkpoint has no tensor '{}'", e.name)))?;
-            let want: Vec<usize> = e.dims.iter().map(|&d| d as usize).collect();
-            if *shape != want {
-                return Err(Error::msg(format!(
-                    "checkpoint tensor '{}' has shape {shape:?}, the model needs {want:?}",
-                    e.name
-                )));
-            }
-            let host = host_tensor(shape, data.clone())?;
-            match self.device {
-                Device::Cpu => {
-                    let dst = &mut self.sets[self.current][i];
-                    let (_, d) = dst.try_extract_tensor_mut::<f32>()?;
-                    d.copy_from_slice(data);
-                }
-                Device::Cuda(_) => host.copy_into(&mut self.sets[self.current][i])?,
-            }
-        }
-        Ok(())
+        self.state.upload(&self.spec.state, tensors, self.device)
     }
 
     /// The current state, on the host.
     pub fn download(&self) -> Result<TensorMap> {
         let mut out = TensorMap::new();
-        for (i, e) in self.spec.state.iter().enumerate() {
-            let v = &self.sets[self.current][i];
-            let host;
-            let v = match self.device {
-                Device::Cpu => v,
-                Device::Cuda(_) => {
-                    host = v.to(AllocationDevice::CPU, 0)?;
-                    &host
-                }
-            };
-            let (shape, data) = v.try_extract_tensor::<f32>()?;
-            out.insert(
-                e.name.clone(),
-                (shape.iter().map(|&d| d as usize).collect(), data.to_vec()),
-            );
-        }
+        self.state
+            .download(&self.spec.state, self.device, &mut out)?;
         if let Some(v) = self.val.as_ref() {
-            for (i, e) in v.spec.state.iter().enumerate() {
-                let host = v.sets[v.current][i].to(AllocationDevice::CPU, 0)?;
-                let (_, data) = host.try_extract_tensor::<f32>()?;
-                out.insert(e.name.clone(), (vec![], data.to_vec()));
-            }
+            v.state.download(&v.spec.state, self.device, &mut out)?;
         }
         Ok(out)
     }
@@ -457,7 +492,7 @@ impl Trainer {
             if e.kind != crate::train::artifacts::StateKind::Param {
                 continue;
             }
-            let host = v.sets[v.current][i].to(AllocationDevice::CPU, 0)?;
+            let host = v.state.current()[i].to(AllocationDevice::CPU, 0)?;
             let x = host.try_extract_tensor::<f32>()?.1[0] as f64;
             if let Some(base) = e.name.strip_suffix(".log_sigma") {
                 out.push((format!("{base}.sigma"), x.exp()));
@@ -497,7 +532,7 @@ impl Trainer {
         let yt = labels_tensor(y, n)?;
         let lrt: DynTensor = Tensor::from_array((Vec::<usize>::new(), vec![lr]))?.upcast();
         let st: DynTensor = Tensor::from_array((Vec::<usize>::new(), vec![t as f32]))?.upcast();
-        let b = &mut self.bindings[self.current];
+        let b = self.state.binding();
         self.noise.bind(b, n, [self.seed, 0, t as u64])?;
         b.bind_input(&self.spec.input, &xt)?;
         b.bind_input(LABELS, &yt)?;
@@ -522,7 +557,7 @@ impl Trainer {
             .map(|x| Ok(outs[x.as_str()].try_extract_tensor::<f32>()?.1[0]))
             .collect::<Result<Vec<f32>>>()?;
         drop(outs);
-        self.current ^= 1;
+        self.state.swap();
         Ok((loss, correct, extras))
     }
 
@@ -536,13 +571,13 @@ impl Trainer {
         let mut binding = self.eval.create_binding()?;
         for (i, e) in self.spec.state.iter().enumerate() {
             if self.eval.inputs().iter().any(|inp| inp.name() == e.name) {
-                binding.bind_input(&e.name, &self.sets[self.current][i])?;
+                binding.bind_input(&e.name, &self.state.current()[i])?;
             }
         }
         if let Some(v) = self.val.as_ref() {
             for (i, e) in v.spec.state.iter().enumerate() {
                 if self.eval.inputs().iter().any(|inp| inp.name() == e.name) {
-                    binding.bind_input(&e.name, &v.sets[v.current][i])?;
+                    binding.bind_input(&e.name, &v.state.current()[i])?;
                 }
             }
         }
@@ -571,52 +606,20 @@ impl Trainer {
 impl ValRunner {
     fn new(spec: ValSpec, opts: &SessionOptions, alloc: &Allocator) -> Result<ValRunner> {
         let sess = session(&spec.bytes, opts)?;
-        let mut sets: [Vec<DynTensor>; 2] = [vec![], vec![]];
-        for set in sets.iter_mut() {
-            for _ in &spec.state {
-                set.push(Tensor::<f32>::new(alloc, Vec::<usize>::new())?.upcast());
-            }
-        }
-        let mut bindings = [sess.create_binding()?, sess.create_binding()?];
-        for (k, b) in bindings.iter_mut().enumerate() {
-            let (src, dst) = if k == 0 { (0, 1) } else { (1, 0) };
-            for (i, e) in spec.state.iter().enumerate() {
-                b.bind_input(&e.name, &sets[src][i])?;
-                b.bind_output(&e.output, &mut sets[dst][i])?;
-            }
-            b.bind_output_to_device(crate::train::artifacts::VAL_LOSS, &cpu_mem()?)?;
-        }
+        let state = StateSets::new(
+            &sess,
+            &spec.state,
+            alloc,
+            &[crate::train::artifacts::VAL_LOSS],
+        )?;
         let noise = NoiseFeed::of(&sess);
         Ok(ValRunner {
             spec,
             sess,
-            sets,
-            bindings,
-            current: 0,
+            state,
             steps: 0,
             noise,
         })
-    }
-
-    fn upload(&mut self, tensors: &TensorMap, device: Device) -> Result<()> {
-        for (i, e) in self.spec.state.iter().enumerate() {
-            let Some((_, data)) = tensors.get(&e.name) else {
-                return Err(Error::msg(format!(
-                    "the checkpoint has no tensor '{}'",
-                    e.name
-                )));
-            };
-            match device {
-                Device::Cpu => self.sets[self.current][i]
-                    .try_extract_tensor_mut::<f32>()?
-                    .1
-                    .copy_from_slice(data),
-                Device::Cuda(_) => {
-                    host_tensor(&[], data.clone())?.copy_into(&mut self.sets[self.current][i])?
-                }
-            }
-        }
-        Ok(())
     }
 }
 
