@@ -100,25 +100,37 @@ macro_rules! read_as {
     };
 }
 
-/// Load a dataset; `float_labels` reads `y` as regression targets.
-pub fn load_npz(path: &Path, float_labels: bool) -> Result<Dataset> {
-    let mut ar = npyz::npz::NpzArchive::open(path)
-        .map_err(|e| Error::file(path, format!("not a readable .npz file: {e}")))?;
-    let (xs, xdt) = read_array(path, &mut ar, "x")?;
-    let (ys, ydt) = read_array(path, &mut ar, "y")?;
-    let x: Vec<f32> = match xdt.as_str() {
-        "<f4" => read_as!(path, ar, "x", f32),
-        "<f8" => read_as!(path, ar, "x", f64)
+/// Read the float32 or float64 array `name` (dtype `dt`) as f32; `need` completes the
+/// error for another dtype.
+fn read_floats(
+    path: &Path,
+    ar: &mut npyz::npz::NpzArchive<std::io::BufReader<std::fs::File>>,
+    name: &str,
+    dt: &str,
+    need: &str,
+) -> Result<Vec<f32>> {
+    Ok(match dt {
+        "<f4" => read_as!(path, ar, name, f32),
+        "<f8" => read_as!(path, ar, name, f64)
             .into_iter()
             .map(|v| v as f32)
             .collect(),
         other => {
             return Err(Error::file(
                 path,
-                format!("array 'x' has dtype {other}; expected float32 or float64"),
+                format!("array '{name}' has dtype {other}; {need}"),
             ));
         }
-    };
+    })
+}
+
+/// Load a dataset; `float_labels` reads `y` as regression targets.
+pub fn load_npz(path: &Path, float_labels: bool) -> Result<Dataset> {
+    let mut ar = npyz::npz::NpzArchive::open(path)
+        .map_err(|e| Error::file(path, format!("not a readable .npz file: {e}")))?;
+    let (xs, xdt) = read_array(path, &mut ar, "x")?;
+    let (ys, ydt) = read_array(path, &mut ar, "y")?;
+    let x = read_floats(path, &mut ar, "x", &xdt, "expected float32 or float64")?;
     if xs.is_empty() {
         return Err(Error::file(path, "array 'x' must have a sample axis"));
     }
@@ -141,19 +153,7 @@ pub fn load_npz(path: &Path, float_labels: bool) -> Result<Dataset> {
         ));
     }
     let y = if float_labels {
-        let v: Vec<f32> = match ydt.as_str() {
-            "<f4" => read_as!(path, ar, "y", f32),
-            "<f8" => read_as!(path, ar, "y", f64)
-                .into_iter()
-                .map(|v| v as f32)
-                .collect(),
-            other => {
-                return Err(Error::file(
-                    path,
-                    format!("array 'y' has dtype {other}; MSE needs float targets"),
-                ));
-            }
-        };
+        let v = read_floats(path, &mut ar, "y", &ydt, "MSE needs float targets")?;
         if v.iter().any(|v| !v.is_finite()) {
             return Err(Error::file(path, "'y' holds a non-finite target"));
         }
