@@ -30,7 +30,7 @@ use regraft::io::load_model;
 use regraft::regularizers::{CrossNoise, Regularizer};
 use regraft::runtime::SessionOptions;
 use regraft::runtime::data::load_npz;
-use regraft::runtime::trainer::{Spec, Trainer, ValSpec};
+use regraft::runtime::trainer::{Spec, Trainer};
 use regraft::train::artifacts::build;
 use regraft::train::recipe::Recipe;
 
@@ -65,22 +65,7 @@ fn trainer(model: &str, recipe: &Recipe, threads: usize) -> (Trainer, Option<usi
         .val
         .as_ref()
         .map(|v| v.batch.unwrap_or(recipe.batch_size));
-    let spec = Spec {
-        train_bytes: prost::Message::encode_to_vec(&art.train.to_model()),
-        eval_bytes: prost::Message::encode_to_vec(&art.eval.to_model()),
-        state: art.state.clone(),
-        input: art.input.clone(),
-        logits: art.logits.clone(),
-        classification: true,
-        extras: art.extras.clone(),
-        val: art.val.as_ref().map(|v| ValSpec {
-            bytes: prost::Message::encode_to_vec(&v.graph.to_model()),
-            state: v.state.clone(),
-            every: v.every,
-            lr: v.lr,
-            batch: v.batch,
-        }),
-    };
+    let spec = Spec::from_artifacts(&art, true);
     let opts = SessionOptions {
         threads,
         ..Default::default()

@@ -63,16 +63,7 @@ fn check(fixture: &str, kind: OptimizerKind) {
     }
     let model = load_model(Path::new(env!("CARGO_MANIFEST_DIR")).join("models/mlp.onnx")).unwrap();
     let art = build(&model, &recipe).unwrap();
-    let spec = Spec {
-        train_bytes: prost::Message::encode_to_vec(&art.train.to_model()),
-        eval_bytes: prost::Message::encode_to_vec(&art.eval.to_model()),
-        state: art.state.clone(),
-        input: art.input.clone(),
-        logits: art.logits.clone(),
-        classification: true,
-        extras: vec![],
-        val: None,
-    };
+    let spec = Spec::from_artifacts(&art, true);
     let mut t = Trainer::new(
         spec,
         &SessionOptions {

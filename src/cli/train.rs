@@ -147,22 +147,7 @@ pub fn run(a: Args) -> Result<()> {
         threads: a.threads,
         optimize: true,
     };
-    let spec = Spec {
-        train_bytes: prost::Message::encode_to_vec(&art.train.to_model()),
-        eval_bytes: prost::Message::encode_to_vec(&art.eval.to_model()),
-        state: art.state.clone(),
-        input: art.input.clone(),
-        logits: art.logits.clone(),
-        classification: recipe.loss == LossKind::CrossEntropy,
-        extras: art.extras.clone(),
-        val: art.val.as_ref().map(|v| crate::runtime::trainer::ValSpec {
-            bytes: prost::Message::encode_to_vec(&v.graph.to_model()),
-            state: v.state.clone(),
-            every: v.every,
-            lr: v.lr,
-            batch: v.batch,
-        }),
-    };
+    let spec = Spec::from_artifacts(&art, recipe.loss == LossKind::CrossEntropy);
     let mut trainer = Trainer::new(spec, &opts)?;
     write_artifacts(&a.output, &model, &recipe, &art)?;
     let abs = |p: &PathBuf| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone());

@@ -40,6 +40,28 @@ pub struct Spec {
     pub val: Option<ValSpec>,
 }
 
+impl Spec {
+    /// The loop's view of built artifacts (the graphs encoded once, here).
+    pub fn from_artifacts(art: &crate::train::artifacts::Artifacts, classification: bool) -> Spec {
+        Spec {
+            train_bytes: prost::Message::encode_to_vec(&art.train.to_model()),
+            eval_bytes: prost::Message::encode_to_vec(&art.eval.to_model()),
+            state: art.state.clone(),
+            input: art.input.clone(),
+            logits: art.logits.clone(),
+            classification,
+            extras: art.extras.clone(),
+            val: art.val.as_ref().map(|v| ValSpec {
+                bytes: prost::Message::encode_to_vec(&v.graph.to_model()),
+                state: v.state.clone(),
+                every: v.every,
+                lr: v.lr,
+                batch: v.batch,
+            }),
+        }
+    }
+}
+
 /// The validation step of cross-regularization.
 pub struct ValSpec {
     pub bytes: Vec<u8>,
