@@ -294,6 +294,9 @@ fn dims(e: &StateEntry) -> Vec<usize> {
 struct ValRunner {
     spec: ValSpec,
     sess: Session,
+    /// Indices of the training state entries the validation graph reads (the weights),
+    /// bound from the training step's current set before every validation step.
+    reads: Vec<usize>,
     state: StateSets,
     steps: usize,
     noise: NoiseFeed,
@@ -377,7 +380,7 @@ impl Trainer {
         host_outputs.extend(spec.extras.iter().map(String::as_str));
         let state = StateSets::new(&train, &spec.state, &alloc, &host_outputs)?;
         let val = match spec.val.take() {
-            Some(vs) => Some(ValRunner::new(vs, opts, &alloc)?),
+            Some(vs) => Some(ValRunner::new(vs, &spec.state, opts, &alloc)?),
             None => None,
         };
         let mut run_opts = RunOptions::new()?;
@@ -453,16 +456,8 @@ impl Trainer {
             Tensor::from_array((Vec::<usize>::new(), vec![v.steps as f32]))?.upcast();
         let b = v.state.binding();
         v.noise.bind(b, n, [self.seed, 1, v.steps as u64])?;
-        let inputs: Vec<String> = v
-            .sess
-            .inputs()
-            .iter()
-            .map(|i| i.name().to_string())
-            .collect();
-        for (i, e) in self.spec.state.iter().enumerate() {
-            if inputs.contains(&e.name) {
-                b.bind_input(&e.name, &self.state.current()[i])?;
-            }
+        for &i in &v.reads {
+            b.bind_input(&self.spec.state[i].name, &self.state.current()[i])?;
         }
         b.bind_input(&self.spec.input, &xt)?;
         b.bind_input(LABELS, &yt)?;
@@ -626,8 +621,19 @@ impl Trainer {
 }
 
 impl ValRunner {
-    fn new(spec: ValSpec, opts: &SessionOptions, alloc: &Allocator) -> Result<ValRunner> {
+    fn new(
+        spec: ValSpec,
+        train_state: &[StateEntry],
+        opts: &SessionOptions,
+        alloc: &Allocator,
+    ) -> Result<ValRunner> {
         let sess = session(&spec.bytes, opts)?;
+        let reads = train_state
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| sess.inputs().iter().any(|i| i.name() == e.name))
+            .map(|(i, _)| i)
+            .collect();
         let state = StateSets::new(
             &sess,
             &spec.state,
@@ -638,6 +644,7 @@ impl ValRunner {
         Ok(ValRunner {
             spec,
             sess,
+            reads,
             state,
             steps: 0,
             noise,
