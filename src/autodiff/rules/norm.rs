@@ -89,7 +89,7 @@ fn batch_norm(c: &mut GradCtx) -> Out {
             out[2] = Some(c.reshape_like(&sdy, &c.x(2)));
         }
         if c.needs(0) {
-            let n = channel_count(c, &x, &axes);
+            let n = group_size(c, &x, &axes);
             let a = c.op("Mul", &[&g, &istd]);
             let an = c.op("Div", &[&a, &n]);
             let i2 = c.op("Mul", &[&istd, &istd]);
@@ -126,26 +126,6 @@ fn batch_norm(c: &mut GradCtx) -> Out {
         out[0] = Some(c.op("Mul", &[&dy, &gi]));
     }
     Ok(out)
-}
-
-/// The number of elements of x over `axes` (one channel of a batch), as a scalar of x's
-/// type.
-fn channel_count(c: &mut GradCtx, x: &str, axes: &[i64]) -> String {
-    if let Some(n) = c.shape(x).and_then(|s| {
-        axes.iter().try_fold(1i64, |a, &i| {
-            s.get(i as usize).copied().flatten().map(|d| a * d)
-        })
-    }) {
-        return c.scalar(x, n as f64);
-    }
-    // Size(x) / Shape(x)[1]
-    let size = c.op("Size", &[x]);
-    let sx = c.op("Shape", &[x]);
-    let one = c.ints(&[1]);
-    let ch = c.op_a("Gather", &[&sx, &one], vec![attr_int("axis", 0)]);
-    let n = c.op("Div", &[&size, &ch]);
-    let dt = c.dtype(x);
-    c.op_a("Cast", &[&n], vec![attr_int("to", dt as i64)])
 }
 
 fn layer_norm(c: &mut GradCtx) -> Out {
@@ -202,7 +182,7 @@ fn layer_norm(c: &mut GradCtx) -> Out {
                 g
             })
         };
-        let k = group_size(c, &x, axis);
+        let k = group_size(c, &x, &norm_axes);
         if let Some(dm) = stat_grad(c, 1) {
             let t = c.op("Div", &[&dm, &k]);
             let sx = c.shape_of(&x);
@@ -227,20 +207,20 @@ fn layer_norm(c: &mut GradCtx) -> Out {
     Ok(out)
 }
 
-/// K, the number of elements of x normalized together (dims `axis..`), as a scalar of
-/// x's type.
-fn group_size(c: &mut GradCtx, x: &str, axis: i64) -> String {
-    if let Some(k) = c.shape(x).and_then(|s| {
-        s[axis as usize..]
-            .iter()
-            .try_fold(1i64, |a, d| d.map(|d| a * d))
+/// The number of elements of x over `axes` (a normalization group: one channel of a
+/// batch, or one sample's normalized dims), as a scalar of x's type.
+fn group_size(c: &mut GradCtx, x: &str, axes: &[i64]) -> String {
+    if let Some(n) = c.shape(x).and_then(|s| {
+        axes.iter().try_fold(1i64, |a, &i| {
+            s.get(i as usize).copied().flatten().map(|d| a * d)
+        })
     }) {
-        return c.scalar(x, k as f64);
+        return c.scalar(x, n as f64);
     }
     let sx = c.op("Shape", &[x]);
-    let (st, en) = (c.ints(&[axis]), c.ints(&[i64::MAX]));
-    let tail = c.op("Slice", &[&sx, &st, &en]);
-    let k = c.op_a("ReduceProd", &[&tail], vec![attr_int("keepdims", 0)]);
+    let idx = c.ints(axes);
+    let dims = c.op_a("Gather", &[&sx, &idx], vec![attr_int("axis", 0)]);
+    let n = c.op_a("ReduceProd", &[&dims], vec![attr_int("keepdims", 0)]);
     let dt = c.dtype(x);
-    c.op_a("Cast", &[&k], vec![attr_int("to", dt as i64)])
+    c.op_a("Cast", &[&n], vec![attr_int("to", dt as i64)])
 }
