@@ -17,6 +17,8 @@
 //! - On the CNN (Conv + BatchNormalization) cross-noise trains and exports, both the
 //!   deterministic and the `mc:8` predictive; export cross-checks ONNX Runtime against
 //!   tract itself and fails on disagreement.
+//! - The validation step's gradient for log σ matches finite differences, per layer and
+//!   per channel (`--sigma-per-channel`), and the channels' gradients sum to the layer's.
 
 mod common;
 
@@ -329,9 +331,20 @@ fn train_step_has_no_validation_input_and_val_step_updates_only_regularization()
 
 #[test]
 fn cross_noise_cnn_trains_and_exports_deterministic_and_mc() {
+    cnn_trains_and_exports(false);
+}
+
+/// With `--sigma-per-channel` every noise site at a BatchNormalization output [N, C, H, W]
+/// gets a log σ of shape [C, 1, 1]; the metrics log its mean with its range.
+#[test]
+fn per_channel_cross_noise_cnn_trains_and_exports_deterministic_and_mc() {
+    cnn_trains_and_exports(true);
+}
+
+fn cnn_trains_and_exports(per_channel: bool) {
     let dir = common::tempdir();
     let run = dir.path().join("cnn");
-    regraft_ok(&[
+    let mut args = vec![
         os("train"),
         os("models/cnn.onnx"),
         os("--data"),
@@ -345,8 +358,51 @@ fn cross_noise_cnn_trains_and_exports_deterministic_and_mc() {
         os("--quiet"),
         os("-o"),
         run.as_os_str(),
-    ]);
+    ];
+    if per_channel {
+        args.push(os("--sigma-per-channel"));
+    }
+    regraft_ok(&args);
+    let ck = checkpoint::load(&run.join("checkpoint.safetensors")).unwrap();
+    let shapes: Vec<Vec<usize>> = ck
+        .tensors
+        .iter()
+        .filter(|(k, _)| k.ends_with(".log_sigma"))
+        .map(|(_, (shape, _))| shape.clone())
+        .collect();
+    assert_eq!(
+        shapes.len(),
+        3,
+        "three BatchNormalization outputs feed a ReLU"
+    );
+    for shape in &shapes {
+        if per_channel {
+            assert!(
+                shape.len() == 3 && shape[0] >= 16 && shape[1..] == [1, 1],
+                "{shape:?}"
+            );
+        } else {
+            assert!(shape.is_empty(), "{shape:?}");
+        }
+    }
     let logs = metrics(&run);
+    if per_channel {
+        for (k, v) in logs[1]["diagnostics"].as_object().unwrap() {
+            if let Some(base) = k.strip_suffix(".sigma") {
+                let d = &logs[1]["diagnostics"];
+                let (lo, hi) = (
+                    d[format!("{base}.sigma_min")].as_f64().unwrap(),
+                    d[format!("{base}.sigma_max")].as_f64().unwrap(),
+                );
+                let mean = v.as_f64().unwrap();
+                assert!(
+                    0.0 < lo && lo <= mean && mean <= hi && hi.is_finite(),
+                    "{k}"
+                );
+                assert!(lo < hi, "{k}: the channels' σ did not move apart");
+            }
+        }
+    }
     let sig: Vec<f64> = logs[1]["diagnostics"]
         .as_object()
         .unwrap()
@@ -432,16 +488,42 @@ fn cross_noise_resume_is_bit_exact() {
 /// validation loss, with the ε inputs held fixed; and both stay finite under huge noise.
 #[test]
 fn val_step_gradient_matches_finite_differences() {
+    check_val_gradient(false);
+}
+
+/// The same with one σ per channel (`--sigma-per-channel`, 512 per hidden layer): each
+/// log σ is a [512] vector, and the three channels of each layer with the largest
+/// analytic gradient are checked one by one against finite differences. With every
+/// channel at the same σ the two runs train identical weights (same seed, σ frozen), and
+/// by the chain rule a layer's gradient is the sum of its channels' gradients.
+#[test]
+fn per_channel_val_step_gradient_matches_finite_differences() {
+    let channels = check_val_gradient(true);
+    let layers = check_val_gradient(false);
+    for (c, l) in channels.iter().zip(&layers) {
+        let sum: f64 = c.iter().sum();
+        assert!(
+            (sum - l[0]).abs() <= 1e-3 * l[0].abs() + 1e-5,
+            "Σ of the channels' gradients {sum} vs the layer's {}",
+            l[0]
+        );
+    }
+}
+
+/// Checks the validation step's log σ gradients against finite differences; returns
+/// them (per parameter, every value).
+fn check_val_gradient(per_channel: bool) -> Vec<Vec<f64>> {
     use ort::value::{DynValue, Tensor};
     use regraft::runtime::data::{Labels, load_npz};
     use regraft::runtime::{SessionOptions, session};
 
     let dir = common::tempdir();
     let run = dir.path().join("run");
-    train_mlp(
-        &run,
-        &["--epochs", "2", "--val-lr", "0", "--init-sigma", "0.5"],
-    );
+    let mut flags = vec!["--epochs", "2", "--val-lr", "0", "--init-sigma", "0.5"];
+    if per_channel {
+        flags.push("--sigma-per-channel");
+    }
+    train_mlp(&run, &flags);
     let ck = checkpoint::load(&run.join("checkpoint.safetensors")).unwrap();
     let bytes = std::fs::read(run.join("val_step.onnx")).unwrap();
     let mut s = session(
@@ -472,7 +554,12 @@ fn val_step_gradient_matches_finite_differences() {
             .unwrap()
             .into_dyn()
     };
-    let feeds = |log_sigma: &dyn Fn(&str) -> Option<f32>| -> Vec<(String, DynValue)> {
+    let like = |name: &str, v: Vec<f32>| -> DynValue {
+        Tensor::from_array((ck.tensors[name].0.clone(), v))
+            .unwrap()
+            .into_dyn()
+    };
+    let feeds = |log_sigma: &dyn Fn(&str) -> Option<Vec<f32>>| -> Vec<(String, DynValue)> {
         inputs
             .iter()
             .enumerate()
@@ -494,9 +581,10 @@ fn val_step_gradient_matches_finite_differences() {
                         Tensor::from_array((shape, data)).unwrap().into_dyn()
                     }
                     p => match log_sigma(p) {
-                        Some(v) => scalar(v),
+                        Some(v) => like(p, v),
                         None if p.ends_with(".exp_avg") || p.ends_with(".exp_avg_sq") => {
-                            scalar(0.0)
+                            let base = p.rsplit_once(".exp_avg").unwrap().0;
+                            like(base, vec![0.0; ck.tensors[base].1.len()])
                         }
                         None => {
                             let (shape, data) = &ck.tensors[p];
@@ -517,49 +605,70 @@ fn val_step_gradient_matches_finite_differences() {
         .cloned()
         .collect();
     assert_eq!(params.len(), 2);
-    let base = |p: &str| ck.tensors[p].1[0];
+    let width = if per_channel { 512 } else { 1 };
+    for p in &params {
+        assert_eq!(ck.tensors[p].1.len(), width, "{p}: values of log σ");
+    }
+    let base = |p: &str| ck.tensors[p].1.clone();
     let outs = s
         .run(feeds(&|p| params.contains(&p.to_string()).then(|| base(p))))
         .unwrap();
     let loss =
         |o: &ort::session::SessionOutputs| o["val_loss"].try_extract_tensor::<f32>().unwrap().1[0];
     let l0 = loss(&outs);
-    let grads: Vec<f64> = params
+    // Per parameter, the analytic gradient of every value of log σ.
+    let grads: Vec<Vec<f64>> = params
         .iter()
         .map(|p| {
-            outs[format!("{p}.exp_avg_new").as_str()]
+            let m = outs[format!("{p}.exp_avg_new").as_str()]
                 .try_extract_tensor::<f32>()
                 .unwrap()
-                .1[0] as f64
-                / 0.1
+                .1
+                .iter()
+                .map(|&m| m as f64 / 0.1)
+                .collect::<Vec<f64>>();
+            assert_eq!(m.len(), width, "{p}: gradient values");
+            m
         })
         .collect();
     drop(outs);
-    let h = 1e-2f32;
+    // A per-channel σ moves the loss far less than a layer's σ: a smaller absolute floor.
+    let (h, floor) = (1e-2f32, if per_channel { 2e-5 } else { 2e-4 });
     for (p, g) in params.iter().zip(&grads) {
-        let mut at = |d: f32| -> f64 {
-            let o = s
-                .run(feeds(&|q| {
-                    params
-                        .contains(&q.to_string())
-                        .then(|| base(q) + if q == p { d } else { 0.0 })
-                }))
-                .unwrap();
-            loss(&o) as f64
-        };
-        let fd = (at(h) - at(-h)) / (2.0 * h as f64);
-        eprintln!("{p}: loss {l0:.5}, analytic {g:.6}, finite differences {fd:.6}");
-        assert!(
-            (g - fd).abs() <= 0.05 * g.abs().max(fd.abs()) + 2e-4,
-            "{p}: analytic {g}, finite differences {fd}"
-        );
+        let mut order: Vec<usize> = (0..g.len()).collect();
+        order.sort_by(|&a, &b| g[b].abs().total_cmp(&g[a].abs()));
+        for &j in order.iter().take(3) {
+            let mut at = |d: f32| -> f64 {
+                let o = s
+                    .run(feeds(&|q| {
+                        params.contains(&q.to_string()).then(|| {
+                            let mut v = base(q);
+                            if q == p {
+                                v[j] += d;
+                            }
+                            v
+                        })
+                    }))
+                    .unwrap();
+                loss(&o) as f64
+            };
+            let fd = (at(h) - at(-h)) / (2.0 * h as f64);
+            let gj = g[j];
+            eprintln!("{p}[{j}]: loss {l0:.5}, analytic {gj:.6}, finite differences {fd:.6}");
+            assert!(
+                (gj - fd).abs() <= 0.05 * gj.abs().max(fd.abs()) + floor,
+                "{p}[{j}]: analytic {gj}, finite differences {fd}"
+            );
+        }
     }
     // With very large noise the averaged probability of the right class, and of most
     // classes, underflows to 0 in float32; the head works in log space, so the loss and
     // the gradient stay finite (log 0 · 0 once made them NaN).
     let big = 300f32.ln();
     let o = s
-        .run(feeds(&|p| params.contains(&p.to_string()).then_some(big)))
+        .run(feeds(&|p| {
+            params.contains(&p.to_string()).then(|| vec![big; width])
+        }))
         .unwrap();
     let l = loss(&o);
     assert!(l.is_finite() && l > 10.0, "validation loss at σ = 300: {l}");
@@ -567,7 +676,12 @@ fn val_step_gradient_matches_finite_differences() {
         let m = o[format!("{p}.exp_avg_new").as_str()]
             .try_extract_tensor::<f32>()
             .unwrap()
-            .1[0];
-        assert!(m.is_finite(), "{p}: Adam's first moment at σ = 300: {m}");
+            .1
+            .to_vec();
+        assert!(
+            m.iter().all(|m| m.is_finite()),
+            "{p}: Adam's first moment at σ = 300"
+        );
     }
+    grads
 }

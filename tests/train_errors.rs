@@ -400,3 +400,20 @@ fn validation_step_flags_without_a_regularizer_that_has_one_are_refused() {
     );
     assert_refused(&out, &run, 1, &["--every", "--lambda-mode validated"]);
 }
+
+#[test]
+fn cross_noise_flags_without_cross_noise_are_refused() {
+    let tmp = common::tempdir();
+    let run = tmp.path().join("run");
+    let train_data = digits("train");
+    for flags in [
+        &["--sigma-per-channel"][..],
+        &["--init-sigma", "0.3"][..],
+        &["--regularizer", "cross-norm", "--sigma-per-channel"][..],
+    ] {
+        let mut a = vec!["--data", train_data.as_str()];
+        a.extend(flags);
+        let out = train(&a, &run);
+        assert_refused(&out, &run, 1, &["--sigma-per-channel", "cross-noise"]);
+    }
+}

@@ -74,6 +74,9 @@ pub struct RecipeFlags {
     /// Cross-noise: initial σ of every layer.
     #[arg(long)]
     pub init_sigma: Option<f64>,
+    /// Cross-noise: one learned σ per channel of each noise site (default: one per layer).
+    #[arg(long)]
+    pub sigma_per_channel: bool,
     /// Cross-regularization: noise draws averaged by the validation head.
     #[arg(long)]
     pub k: Option<usize>,
@@ -235,6 +238,9 @@ impl RecipeFlags {
                 if let Some(v) = self.init_sigma {
                     c.init_sigma = v;
                 }
+                if self.sigma_per_channel {
+                    c.per_channel = true;
+                }
                 if let Some(v) = self.k {
                     c.k = v;
                 }
@@ -264,11 +270,13 @@ impl RecipeFlags {
             }
             Regularizer::None => {}
         }
-        let cross_flags =
-            self.noise_layers.is_some() || self.init_sigma.is_some() || self.k.is_some();
+        let cross_flags = self.noise_layers.is_some()
+            || self.init_sigma.is_some()
+            || self.sigma_per_channel
+            || self.k.is_some();
         if cross_flags && !matches!(r.regularizer, Regularizer::CrossNoise(_)) {
             return Err(crate::Error::flag(
-                "--noise-layers/--init-sigma/--k",
+                "--noise-layers/--init-sigma/--sigma-per-channel/--k",
                 "need --regularizer cross-noise",
             ));
         }

@@ -31,15 +31,21 @@ pub fn mc_graph(run: &Run, k: usize) -> Result<(Graph, String)> {
     crate::regularizers::noise::replicate_input(&mut g, &input, k, rank)?;
     let sites = crate::regularizers::noise::select_sites(&g, cfg.layers.as_deref(), &logits)?;
     let state = &run.state;
-    let log_sigma = |site: &str| -> f32 {
-        state
-            .get(&crate::regularizers::noise::param_name(site))
-            .map(|(_, v)| v[0])
-            .unwrap_or(cfg.init_sigma.ln() as f32)
+    let log_sigma = |site: &str, n: usize| -> Result<Vec<f32>> {
+        let name = crate::regularizers::noise::param_name(site);
+        match state.get(&name) {
+            Some((_, v)) if v.len() == n => Ok(v.clone()),
+            Some((_, v)) => Err(Error::msg(format!(
+                "the checkpoint's '{name}' has {} values where the run's recipe takes {n}",
+                v.len()
+            ))),
+            None => Ok(vec![cfg.init_sigma.ln() as f32; n]),
+        }
     };
     crate::regularizers::noise::insert(
         &mut g,
         &sites,
+        cfg.per_channel,
         &log_sigma,
         crate::regularizers::noise::Draw::Fixed {
             k,

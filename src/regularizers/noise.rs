@@ -1,7 +1,7 @@
 //! Cross-regularization, noise variant (seed 001; METHODS.md §2): h = u + σ_l·ε at the
-//! pre-activations u of hidden layers, σ_l = exp(s_l) a learnable scalar per layer,
-//! ε ~ N(0, I) drawn afresh in every run. s_l is learned on the validation split, never by
-//! the training step.
+//! pre-activations u of hidden layers, σ_l = exp(s_l) a learnable scalar per layer (or,
+//! with `per_channel`, a vector over the layer's channels), ε ~ N(0, I) drawn afresh in
+//! every run. s_l is learned on the validation split, never by the training step.
 //!
 //! Where ε comes from. In `train_step.onnx` and `val_step.onnx` ε is a graph input per
 //! site ([`eps_name`]), filled by the trainer before every run with [`fill_normal`]: a
@@ -31,6 +31,9 @@ pub struct CrossNoise {
     pub layers: Option<String>,
     /// Initial σ of every layer.
     pub init_sigma: f64,
+    /// One σ per channel of each site instead of one per layer: the feature axis of
+    /// Gemm/MatMul outputs (the last), axis 1 of Conv and BatchNormalization outputs.
+    pub per_channel: bool,
     /// Noise draws averaged by the validation head.
     pub k: usize,
     /// A validation step every `every` training steps.
@@ -48,6 +51,7 @@ impl Default for CrossNoise {
         CrossNoise {
             layers: None,
             init_sigma: 0.1,
+            per_channel: false,
             k: 8,
             every: 10,
             val_lr: 0.01,
@@ -162,16 +166,57 @@ pub enum Draw {
     },
 }
 
-/// Insert h = u + exp(s)·ε at each site; `log_sigma` gives the value of s per site
-/// (the new scalar initializers are named by [`param_name`]). Returns the parameter names.
+/// The shape of the log σ parameter of site `u`: a scalar, or with `per_channel` one value
+/// per channel, shaped to broadcast against `u` ([C] for a feature axis that is last,
+/// [C, 1, …] for axis 1 of a Conv or BatchNormalization output).
+fn sigma_dims(
+    g: &Graph,
+    types: &crate::ir::infer::Types,
+    u: &str,
+    per_channel: bool,
+) -> Result<Vec<i64>> {
+    if !per_channel {
+        return Ok(vec![]);
+    }
+    let shape = types.shape(u).cloned().unwrap_or_default();
+    let rank = shape.len();
+    let by_axis_1 = g.producers().get(u).is_some_and(|&p| {
+        matches!(
+            g.nodes[p].op_type(),
+            "Conv" | "ConvTranspose" | "BatchNormalization"
+        )
+    });
+    let axis = if by_axis_1 { 1 } else { rank.saturating_sub(1) };
+    match shape.get(axis).copied().flatten() {
+        Some(c) if axis >= 1 => {
+            let mut dims = vec![c];
+            dims.extend(std::iter::repeat_n(1, rank - 1 - axis));
+            Ok(dims)
+        }
+        _ => Err(Error::flag(
+            "--sigma-per-channel",
+            format!("the channel count of noise site '{u}' is not known statically"),
+        )),
+    }
+}
+
+/// Insert h = u + exp(s)·ε at each site. s is a scalar per site, or with `per_channel` a
+/// vector over the site's channels ([`sigma_dims`]); `log_sigma(site, count)` gives its
+/// `count` values (the new initializers are named by [`param_name`]). Returns the
+/// parameter names.
 pub fn insert(
     g: &mut Graph,
     sites: &[String],
-    log_sigma: &dyn Fn(&str) -> f32,
+    per_channel: bool,
+    log_sigma: &dyn Fn(&str, usize) -> Result<Vec<f32>>,
     draw: Draw,
 ) -> Result<Vec<String>> {
     let types = crate::ir::infer::infer(g);
     let mut names = vec![];
+    let dims = sites
+        .iter()
+        .map(|u| sigma_dims(g, &types, u, per_channel))
+        .collect::<Result<Vec<_>>>()?;
     let mut b = Builder::new(g, "cross-noise");
     for (i, u) in sites.iter().enumerate() {
         let p = param_name(u);
@@ -180,7 +225,16 @@ pub fn insert(
             p.trim_start_matches("noise.")
                 .trim_end_matches(".log_sigma")
         );
-        let mut t = tensor::<f32>(&p, &[], &[log_sigma(u)]);
+        let count = dims[i].iter().product::<i64>() as usize;
+        let values = log_sigma(u, count)?;
+        if values.len() != count {
+            return Err(Error::msg(format!(
+                "noise site '{u}': {} values of log σ where its shape {:?} takes {count}",
+                values.len(),
+                dims[i]
+            )));
+        }
+        let mut t = tensor::<f32>(&p, &dims[i], &values);
         t.name = Some(p.clone());
         b.patch.initializers.push(t);
         let sigma = b.op("Exp", &[&p]);

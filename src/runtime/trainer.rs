@@ -499,7 +499,8 @@ impl Trainer {
     }
 
     /// The regularization parameters' current values (σ = exp(log σ) for noise layers,
-    /// ρ for the norm split), for logging.
+    /// ρ for the norm split), for logging. A per-channel σ is logged as its mean over the
+    /// channels (`.sigma`) with its smallest and largest value (`.sigma_min`, `.sigma_max`).
     pub fn reg_values(&self) -> Result<Vec<(String, f64)>> {
         let Some(v) = self.val.as_ref() else {
             return Ok(vec![]);
@@ -510,9 +511,24 @@ impl Trainer {
                 continue;
             }
             let host = v.state.current()[i].to(AllocationDevice::CPU, 0)?;
-            let x = host.try_extract_tensor::<f32>()?.1[0] as f64;
+            let values = host.try_extract_tensor::<f32>()?.1;
+            let x = values[0] as f64;
             if let Some(base) = e.name.strip_suffix(".log_sigma") {
-                out.push((format!("{base}.sigma"), x.exp()));
+                if values.len() == 1 {
+                    out.push((format!("{base}.sigma"), x.exp()));
+                    continue;
+                }
+                let sig = values.iter().map(|&s| (s as f64).exp());
+                let mean = sig.clone().sum::<f64>() / values.len() as f64;
+                out.push((format!("{base}.sigma"), mean));
+                out.push((
+                    format!("{base}.sigma_min"),
+                    sig.clone().fold(f64::INFINITY, f64::min),
+                ));
+                out.push((
+                    format!("{base}.sigma_max"),
+                    sig.fold(f64::NEG_INFINITY, f64::max),
+                ));
             } else if let Some(base) = e.name.strip_suffix(".log_lambda") {
                 out.push((format!("{base}.lambda_validated"), x.exp()));
             } else {

@@ -250,7 +250,13 @@ fn cross_rewrite(
                 replicas,
                 fallback_seed: seed,
             };
-            crate::regularizers::noise::insert(g, &sites, &|_| s0, draw)
+            crate::regularizers::noise::insert(
+                g,
+                &sites,
+                c.per_channel,
+                &|_, n| Ok(vec![s0; n]),
+                draw,
+            )
         }
         Regularizer::CrossNorm(c) => {
             let w = crate::regularizers::norm::select(g, c.layers.as_deref())?;
