@@ -488,7 +488,23 @@ fn cross_noise_resume_is_bit_exact() {
 /// validation loss, with the ε inputs held fixed; and both stay finite under huge noise.
 #[test]
 fn val_step_gradient_matches_finite_differences() {
-    check_val_gradient(false);
+    check_val_gradient(false, false);
+}
+
+/// With `--val-optimizer sgd` the validation step is the paper's plain gradient step,
+/// log σ ← log σ − val_lr·∇: at val_lr = 1 its update is minus the gradient, which matches
+/// finite differences, and the Adam run's gradient (same weights, σ frozen in training).
+/// The graph has no optimizer state.
+#[test]
+fn sgd_val_step_is_a_plain_gradient_step() {
+    let sgd = check_val_gradient(false, true);
+    let adam = check_val_gradient(false, false);
+    for (a, b) in sgd.iter().zip(&adam) {
+        assert!(
+            (a[0] - b[0]).abs() <= 1e-4 * b[0].abs(),
+            "sgd {a:?} vs adam {b:?}"
+        );
+    }
 }
 
 /// The same with one σ per channel (`--sigma-per-channel`, 512 per hidden layer): each
@@ -498,8 +514,8 @@ fn val_step_gradient_matches_finite_differences() {
 /// by the chain rule a layer's gradient is the sum of its channels' gradients.
 #[test]
 fn per_channel_val_step_gradient_matches_finite_differences() {
-    let channels = check_val_gradient(true);
-    let layers = check_val_gradient(false);
+    let channels = check_val_gradient(true, false);
+    let layers = check_val_gradient(false, false);
     for (c, l) in channels.iter().zip(&layers) {
         let sum: f64 = c.iter().sum();
         assert!(
@@ -511,8 +527,9 @@ fn per_channel_val_step_gradient_matches_finite_differences() {
 }
 
 /// Checks the validation step's log σ gradients against finite differences; returns
-/// them (per parameter, every value).
-fn check_val_gradient(per_channel: bool) -> Vec<Vec<f64>> {
+/// them (per parameter, every value). The gradient is read from Adam's first moment, or
+/// with `sgd` from the update at val_lr = 1.
+fn check_val_gradient(per_channel: bool, sgd: bool) -> Vec<Vec<f64>> {
     use ort::value::{DynValue, Tensor};
     use regraft::runtime::data::{Labels, load_npz};
     use regraft::runtime::{SessionOptions, session};
@@ -522,6 +539,9 @@ fn check_val_gradient(per_channel: bool) -> Vec<Vec<f64>> {
     let mut flags = vec!["--epochs", "2", "--val-lr", "0", "--init-sigma", "0.5"];
     if per_channel {
         flags.push("--sigma-per-channel");
+    }
+    if sgd {
+        flags.extend(["--val-optimizer", "sgd"]);
     }
     train_mlp(&run, &flags);
     let ck = checkpoint::load(&run.join("checkpoint.safetensors")).unwrap();
@@ -569,7 +589,7 @@ fn check_val_gradient(per_channel: bool) -> Vec<Vec<f64>> {
                         .unwrap()
                         .into_dyn(),
                     "labels" => Tensor::from_array((vec![n], y.clone())).unwrap().into_dyn(),
-                    "val_lr" => scalar(0.0),
+                    "val_lr" => scalar(if sgd { 1.0 } else { 0.0 }),
                     "val_step" => scalar(1.0),
                     e if e.ends_with(".eps") => {
                         let shape: Vec<usize> = dims
@@ -620,18 +640,28 @@ fn check_val_gradient(per_channel: bool) -> Vec<Vec<f64>> {
     let grads: Vec<Vec<f64>> = params
         .iter()
         .map(|p| {
-            let m = outs[format!("{p}.exp_avg_new").as_str()]
-                .try_extract_tensor::<f32>()
-                .unwrap()
-                .1
-                .iter()
-                .map(|&m| m as f64 / 0.1)
-                .collect::<Vec<f64>>();
+            let read = |out: &str| outs[out].try_extract_tensor::<f32>().unwrap().1.to_vec();
+            let m: Vec<f64> = if sgd {
+                let new = read(&format!("{p}_new"));
+                base(p)
+                    .iter()
+                    .zip(&new)
+                    .map(|(&b, &n)| (b - n) as f64)
+                    .collect()
+            } else {
+                let m = read(&format!("{p}.exp_avg_new"));
+                m.iter().map(|&m| m as f64 / 0.1).collect()
+            };
             assert_eq!(m.len(), width, "{p}: gradient values");
             m
         })
         .collect();
     drop(outs);
+    let has_slots = inputs.iter().any(|(name, _)| name.contains(".exp_avg"));
+    assert_eq!(
+        has_slots, !sgd,
+        "Adam's slots are inputs of the Adam step only"
+    );
     // A per-channel σ moves the loss far less than a layer's σ: a smaller absolute floor.
     let (h, floor) = (1e-2f32, if per_channel { 2e-5 } else { 2e-4 });
     for (p, g) in params.iter().zip(&grads) {
@@ -673,15 +703,17 @@ fn check_val_gradient(per_channel: bool) -> Vec<Vec<f64>> {
     let l = loss(&o);
     assert!(l.is_finite() && l > 10.0, "validation loss at σ = 300: {l}");
     for p in &params {
-        let m = o[format!("{p}.exp_avg_new").as_str()]
+        let out = if sgd {
+            format!("{p}_new")
+        } else {
+            format!("{p}.exp_avg_new")
+        };
+        let m = o[out.as_str()]
             .try_extract_tensor::<f32>()
             .unwrap()
             .1
             .to_vec();
-        assert!(
-            m.iter().all(|m| m.is_finite()),
-            "{p}: Adam's first moment at σ = 300"
-        );
+        assert!(m.iter().all(|m| m.is_finite()), "{out} at σ = 300");
     }
     grads
 }

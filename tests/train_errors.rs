@@ -366,6 +366,7 @@ fn validation_step_flags_without_a_regularizer_that_has_one_are_refused() {
     for flags in [
         &["--every", "3"][..],
         &["--val-lr", "0.1"][..],
+        &["--val-optimizer", "sgd"][..],
         &["--val-batch", "4"][..],
     ] {
         let mut a = vec!["--data", train_data.as_str()];

@@ -86,6 +86,10 @@ pub struct RecipeFlags {
     /// Cross-regularization: learning rate of the regularization parameters.
     #[arg(long)]
     pub val_lr: Option<f32>,
+    /// Cross-regularization: optimizer of the regularization parameters (default adam;
+    /// sgd is the paper's plain gradient step).
+    #[arg(long, value_enum)]
+    pub val_optimizer: Option<crate::train::optim::ValOptimizer>,
     /// Cross-regularization: samples per validation step (default: cross-noise
     /// ceil(batch/K), cross-norm the batch size).
     #[arg(long)]
@@ -210,17 +214,20 @@ impl RecipeFlags {
                 if let Some(v) = self.val_lr {
                     ir.val_lr = v;
                 }
+                if let Some(v) = self.val_optimizer {
+                    ir.val_optimizer = v;
+                }
                 if self.val_batch.is_some() {
                     return Err(crate::Error::flag(
                         "--val-batch",
                         "needs --regularizer cross-noise or cross-norm (the inverse rate's validation step uses the training batch size)",
                     ));
                 }
-                if (self.every.is_some() || self.val_lr.is_some())
+                if (self.every.is_some() || self.val_lr.is_some() || self.val_optimizer.is_some())
                     && ir.lambda_mode != LambdaMode::Validated
                 {
                     return Err(crate::Error::flag(
-                        "--every/--val-lr",
+                        "--every/--val-lr/--val-optimizer",
                         "the inverse rate has a validation step only with --lambda-mode validated",
                     ));
                 }
@@ -250,6 +257,9 @@ impl RecipeFlags {
                 if let Some(v) = self.val_lr {
                     c.val_lr = v;
                 }
+                if let Some(v) = self.val_optimizer {
+                    c.val_optimizer = v;
+                }
                 if self.val_batch.is_some() {
                     c.val_batch = self.val_batch;
                 }
@@ -263,6 +273,9 @@ impl RecipeFlags {
                 }
                 if let Some(v) = self.val_lr {
                     c.val_lr = v;
+                }
+                if let Some(v) = self.val_optimizer {
+                    c.val_optimizer = v;
                 }
                 if self.val_batch.is_some() {
                     c.val_batch = self.val_batch;
@@ -280,10 +293,13 @@ impl RecipeFlags {
                 "need --regularizer cross-noise",
             ));
         }
-        let val_flags = self.every.is_some() || self.val_lr.is_some() || self.val_batch.is_some();
+        let val_flags = self.every.is_some()
+            || self.val_lr.is_some()
+            || self.val_optimizer.is_some()
+            || self.val_batch.is_some();
         if val_flags && matches!(r.regularizer, Regularizer::None) {
             return Err(crate::Error::flag(
-                "--every/--val-lr/--val-batch",
+                "--every/--val-lr/--val-optimizer/--val-batch",
                 "need a regularizer with a validation step (cross-noise, cross-norm, or inverse-rate with --lambda-mode validated)",
             ));
         }

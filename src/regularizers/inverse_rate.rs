@@ -46,8 +46,10 @@ pub struct InverseRate {
     pub n_train: Option<usize>,
     /// `validated` mode: a validation step every `every` training steps ...
     pub every: usize,
-    /// ... with this Adam learning rate for log λ.
+    /// ... with this learning rate for log λ ...
     pub val_lr: f32,
+    /// ... and this optimizer.
+    pub val_optimizer: crate::train::optim::ValOptimizer,
 }
 
 impl Default for InverseRate {
@@ -61,6 +63,7 @@ impl Default for InverseRate {
             n_train: None,
             every: 10,
             val_lr: 0.01,
+            val_optimizer: Default::default(),
         }
     }
 }

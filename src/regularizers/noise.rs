@@ -38,8 +38,10 @@ pub struct CrossNoise {
     pub k: usize,
     /// A validation step every `every` training steps.
     pub every: usize,
-    /// Learning rate of the regularization parameters (Adam).
+    /// Learning rate of the regularization parameters.
     pub val_lr: f32,
+    /// Their optimizer.
+    pub val_optimizer: crate::train::optim::ValOptimizer,
     /// Samples per validation step (each evaluated under K draws). Default (**choice**):
     /// ceil(batch / K), so a validation step processes as many rows as a training step and
     /// costs about one forward and backward pass, amortized over `every` steps.
@@ -55,6 +57,7 @@ impl Default for CrossNoise {
             k: 8,
             every: 10,
             val_lr: 0.01,
+            val_optimizer: Default::default(),
             val_batch: None,
         }
     }

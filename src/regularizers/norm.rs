@@ -18,8 +18,10 @@ pub struct CrossNorm {
     pub layers: Option<String>,
     /// A validation step every `every` training steps.
     pub every: usize,
-    /// Learning rate of the ρ parameters (Adam).
+    /// Learning rate of the ρ parameters.
     pub val_lr: f32,
+    /// Their optimizer.
+    pub val_optimizer: crate::train::optim::ValOptimizer,
     /// Samples per validation step (default: the training batch size).
     pub val_batch: Option<usize>,
 }
@@ -30,6 +32,7 @@ impl Default for CrossNorm {
             layers: None,
             every: 10,
             val_lr: 0.01,
+            val_optimizer: Default::default(),
             val_batch: None,
         }
     }

@@ -125,9 +125,14 @@ fn add_update(
 }
 
 /// Differentiate the validation loss for the regularization parameters `reg` only, make
-/// the weights `theta` plain inputs, and add an Adam update of `reg`: the common tail of
+/// the weights `theta` plain inputs, and add the `opt` update of `reg`: the common tail of
 /// every validation step. Returns the graph's state entries.
-fn finish_val(mut e: Graph, reg: &[String], theta: &[String]) -> Result<(Graph, Vec<StateEntry>)> {
+fn finish_val(
+    mut e: Graph,
+    reg: &[String],
+    theta: &[String],
+    opt: crate::train::optim::ValOptimizer,
+) -> Result<(Graph, Vec<StateEntry>)> {
     let grads = differentiate(&mut e, VAL_LOSS, reg)?;
     let theta_here: Vec<String> = theta
         .iter()
@@ -136,11 +141,7 @@ fn finish_val(mut e: Graph, reg: &[String], theta: &[String]) -> Result<(Graph, 
         .collect();
     lift(&mut e, &theta_here);
     let reg_t = lift(&mut e, reg);
-    let opt = crate::train::optim::OptimizerConfig {
-        kind: crate::train::optim::OptimizerKind::Adamw,
-        weight_decay: 0.0,
-        ..Default::default()
-    };
+    let opt = opt.config();
     let mut b = Builder::new(&e, "validation-optimizer");
     b.prefix = "val_optim/".into();
     b.patch
@@ -213,7 +214,7 @@ fn build_lambda_val(
     b.node_to("Identity", &[&rate], &[VAL_LOSS], vec![]);
     e.apply(b.finish())?;
     let reg = vec![LOG_LAMBDA.to_string()];
-    let (e, state) = finish_val(e, &reg, theta)?;
+    let (e, state) = finish_val(e, &reg, theta, ir.val_optimizer)?;
     Ok(ValStep {
         graph: e,
         state,
@@ -269,7 +270,7 @@ fn cross_rewrite(
 /// The validation step: forward in inference mode with K noise draws per sample (the
 /// input is replicated along the batch), probabilities averaged over the draws, the NLL
 /// of the average (or the MSE for regression), gradients for the regularization
-/// parameters only, and an Adam update of them.
+/// parameters only, and an update of them by the recipe's validation optimizer.
 fn build_val(
     model: &ModelProto,
     recipe: &Recipe,
@@ -278,14 +279,15 @@ fn build_val(
     rank: usize,
     theta: &[String],
 ) -> Result<ValStep> {
-    let (k, every, lr, batch) = match &recipe.regularizer {
+    let (k, every, lr, opt, batch) = match &recipe.regularizer {
         Regularizer::CrossNoise(c) => (
             c.k,
             c.every,
             c.val_lr,
+            c.val_optimizer,
             Some(c.val_batch.unwrap_or(recipe.batch_size.div_ceil(c.k))),
         ),
-        Regularizer::CrossNorm(c) => (1, c.every, c.val_lr, c.val_batch),
+        Regularizer::CrossNorm(c) => (1, c.every, c.val_lr, c.val_optimizer, c.val_batch),
         _ => unreachable!("only cross-regularization has a validation step"),
     };
     if batch == Some(0) {
@@ -350,7 +352,7 @@ fn build_val(
     };
     b.node_to("Identity", &[&loss_v], &[VAL_LOSS], vec![]);
     e.apply(b.finish())?;
-    let (e, state) = finish_val(e, &reg, theta)?;
+    let (e, state) = finish_val(e, &reg, theta, opt)?;
     Ok(ValStep {
         graph: e,
         state,

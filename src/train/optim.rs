@@ -24,6 +24,33 @@ pub enum OptimizerKind {
     Adamw,
 }
 
+/// The optimizer of a validation step's regularization parameters (σ, ρ, λ): Adam
+/// (AdamW without weight decay, PyTorch's defaults β = (0.9, 0.999), ε = 1e-8), or plain
+/// gradient descent ρ ← ρ − η·∇ρ, the update of the cross-regularization paper.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ValOptimizer {
+    #[default]
+    Adam,
+    Sgd,
+}
+
+impl ValOptimizer {
+    /// The update's settings.
+    pub fn config(self) -> OptimizerConfig {
+        OptimizerConfig {
+            kind: match self {
+                ValOptimizer::Adam => OptimizerKind::Adamw,
+                ValOptimizer::Sgd => OptimizerKind::Sgd,
+            },
+            momentum: 0.0,
+            nesterov: false,
+            weight_decay: 0.0,
+            ..Default::default()
+        }
+    }
+}
+
 /// Optimizer settings (a `[optimizer]` table in a recipe).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
