@@ -198,7 +198,9 @@ fn sigma_dims(
         }
         _ => Err(Error::flag(
             "--sigma-per-channel",
-            format!("the channel count of noise site '{u}' is not known statically"),
+            format!(
+                "noise site '{u}' has no channel axis of static size (axis {axis} of a rank-{rank} value)"
+            ),
         )),
     }
 }
