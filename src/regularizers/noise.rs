@@ -213,7 +213,7 @@ pub fn insert(
     g: &mut Graph,
     sites: &[String],
     per_channel: bool,
-    log_sigma: &dyn Fn(&str, usize) -> Result<Vec<f32>>,
+    log_sigma: &dyn Fn(&str, usize) -> Vec<f32>,
     draw: Draw,
 ) -> Result<Vec<String>> {
     let types = crate::ir::infer::infer(g);
@@ -231,7 +231,7 @@ pub fn insert(
                 .trim_end_matches(".log_sigma")
         );
         let count = dims[i].iter().product::<i64>() as usize;
-        let values = log_sigma(u, count)?;
+        let values = log_sigma(u, count);
         if values.len() != count {
             return Err(Error::msg(format!(
                 "noise site '{u}': {} values of log σ where its shape {:?} takes {count}",

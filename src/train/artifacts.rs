@@ -251,13 +251,7 @@ fn cross_rewrite(
                 replicas,
                 fallback_seed: seed,
             };
-            crate::regularizers::noise::insert(
-                g,
-                &sites,
-                c.per_channel,
-                &|_, n| Ok(vec![s0; n]),
-                draw,
-            )
+            crate::regularizers::noise::insert(g, &sites, c.per_channel, &|_, n| vec![s0; n], draw)
         }
         Regularizer::CrossNorm(c) => {
             let w = crate::regularizers::norm::select(g, c.layers.as_deref())?;
